@@ -1,0 +1,17 @@
+"""Exceptions shared by the build side (`siglip_export`) and the deploy side (`runtime`).
+
+Both command lines turn a `UserError` into one line on stderr and exit status 2: it means
+the input was wrong (a path, a flag, a file), not that the program is broken.
+"""
+
+
+class UserError(Exception):
+    """A problem with what the user gave us. The message names the offending value."""
+
+
+class ArtefactError(UserError):
+    """An artefact directory or model file is missing, truncated or inconsistent."""
+
+
+class InputError(UserError, ValueError):
+    """An input tensor or image that the model cannot take (wrong shape, dtype, values)."""
