@@ -79,3 +79,15 @@ def tiny_hf_checkpoint(tmp_path):
     model = hf_model(tiny_config())
     model.save_pretrained(tmp_path / "ckpt")
     return tmp_path / "ckpt", model
+
+
+@pytest.fixture(scope="session")
+def tiny_artefacts(tmp_path_factory):
+    """A tiny full checkpoint exported once per session: (artefact dir, hf model)."""
+    from siglip_export.pipeline import ExportOptions, run_export
+
+    base = tmp_path_factory.mktemp("tiny_artefacts")
+    model = hf_model(tiny_config())
+    model.save_pretrained(base / "ckpt")
+    run_export(ExportOptions(checkpoint=base / "ckpt", output_dir=base / "artefacts"), emit=None)
+    return base / "artefacts", model

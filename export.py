@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Export SigLIP to ONNX and prove the files match the eager model.
+
+    python export.py                          # siglip-base-patch16-224, random weights -> artifacts/
+    python export.py --checkpoint DIR         # a Hugging Face SigLIP checkpoint directory
+
+Exit status: 0 published; 2 bad input (one line on stderr); 3 an artefact failed its parity
+gate (nothing published); 1 an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from runtime.errors import UserError
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _towers(text: str) -> tuple[str, ...]:
+    towers = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in towers if t not in ("vision", "text")]
+    if not towers or bad:
+        raise argparse.ArgumentTypeError(f"expected vision, text or vision,text, got {text!r}")
+    return towers
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from siglip_export.config import DEFAULT_PRESET, PRESETS
+    from siglip_export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export SigLIP to ONNX (dynamic batch axis), simplify it, verify it against the "
+        "eager PyTorch model, and publish it atomically with a manifest.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, metavar="DIR",
+                        help="Hugging Face SigLIP checkpoint directory (config.json + model.safetensors)")
+    source.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
+                        help=f"architecture of a released model, with seeded random weights "
+                        f"(default {DEFAULT_PRESET}); one of: {', '.join(PRESETS)}")
+    parser.add_argument("--output-dir", type=Path, default=Path("artifacts"), metavar="DIR",
+                        help="where the artefacts are published (default: artifacts)")
+    parser.add_argument("--towers", type=_towers, default=None, metavar="vision,text",
+                        help="towers to export (default: every tower the model has)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    parser.add_argument("--verify-batch-sizes", type=_int_list, default=(1, 3, 8), metavar="1,3,8",
+                        help="batch sizes the parity gate runs (default 1,3,8)")
+    parser.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and random inputs (default 0)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime threads during verification (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="print only errors and the summary table")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C so the scratch directory is removed
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    from siglip_export.pipeline import ExportOptions, run_export, summary_table
+    from siglip_export.verify import Gate, VerificationError
+
+    options = ExportOptions(
+        checkpoint=args.checkpoint, preset=args.preset, output_dir=args.output_dir, towers=args.towers,
+        opset=args.opset, verify_batch_sizes=args.verify_batch_sizes, simplify=not args.no_simplify,
+        seed=args.seed, gate=Gate(), threads=args.threads,
+    )
+    try:
+        manifest = run_export(options, emit=None if args.quiet else print)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except VerificationError as exc:
+        if args.debug:
+            raise
+        print(f"error: parity gate failed, nothing published\n{exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted, nothing published", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    print(summary_table(manifest, args.output_dir))
+    if manifest["source"].get("random_weights"):
+        print(f"\nWARNING: {manifest['source']['warning']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""torch -> ONNX for one tower, with a symbolic batch axis named `batch`.
+
+Exporter: torch.onnx's dynamo exporter (`torch.export` + onnxscript), the maintained one
+since PyTorch 2.9; the TorchScript exporter is deprecated. With the model's explicit
+softmax attention (`fused_attn=False`) it emits plain MatMul / Softmax / LayerNormalization
+nodes that ONNX Runtime's optimiser fuses into `Attention` (one per encoder layer), and every
+non-batch dimension stays a concrete number.
+
+Opset: 18 by default. LayerNormalization is native from opset 17 (below that it is a chain of
+ReduceMean / Sub / Pow / Sqrt nodes that is slower and drifts in fp16); 18 is the opset the
+dynamo exporter writes natively, so no version conversion runs, and every ONNX Runtime
+release since 1.14, TensorRT 8.6+ and OpenVINO 2023+ read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from runtime.errors import UserError
+
+from .modeling_siglip import SiglipTextTransformer, SiglipVisionTransformer
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
+# The newest opset tested end to end here (ONNX Runtime 1.32 runs 17..25); runtimes older than
+# ONNX Runtime 1.20 / TensorRT 10 may not read above 21, so 18 stays the default.
+MAX_OPSET = 23
+BATCH = "batch"
+# Protobuf cannot serialise a message over 2 GiB; stay clear of it (the graph adds a little).
+PROTOBUF_LIMIT = 2**31 - 1
+DEFAULT_EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers above which weights go beside the model
+
+OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
+
+
+class ExportError(Exception):
+    """The exporter produced something that breaks the artefact contract (a bug, not user input)."""
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """What one tower's artefact looks like: the contract's file and tensor names."""
+
+    name: str  # "vision" | "text"
+    file: str  # vision_model.onnx | text_model.onnx
+    input_name: str  # pixel_values | input_ids
+    input_dtype: str  # numpy dtype name
+    input_shape: tuple  # with BATCH for the batch axis
+
+
+def tower_spec(tower: SiglipVisionTransformer | SiglipTextTransformer) -> TowerSpec:
+    if isinstance(tower, SiglipVisionTransformer):
+        c = tower.config
+        return TowerSpec("vision", "vision_model.onnx", "pixel_values", "float32",
+                         (BATCH, c.num_channels, c.image_size, c.image_size))
+    if isinstance(tower, SiglipTextTransformer):
+        # The text tower is trained on sequences padded to full length and pools the last token,
+        # so the sequence axis is fixed at max_position_embeddings rather than dynamic.
+        return TowerSpec("text", "text_model.onnx", "input_ids", "int64",
+                         (BATCH, tower.config.max_position_embeddings))
+    raise TypeError(f"not a SigLIP tower: {type(tower).__name__}")
+
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(
+            f"unsupported opset {opset!r}: choose {MIN_OPSET}..{MAX_OPSET} "
+            f"({MIN_OPSET} is the first with a native LayerNormalization; default {DEFAULT_OPSET})"
+        )
+    return opset
+
+
+def example_input(spec: TowerSpec, batch: int, seed: int = 0) -> torch.Tensor:
+    """A tracing input. Batch 2, not 1, so no size-1 broadcast can be baked into the graph."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, *spec.input_shape[1:])
+    if spec.input_dtype == "int64":
+        return torch.randint(0, 2, shape, generator=gen, dtype=torch.int64)
+    return torch.randn(shape, generator=gen)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints progress and emits warnings on every call; keep our own output readable."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_tower(
+    tower: SiglipVisionTransformer | SiglipTextTransformer, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """Export one tower to an in-memory ONNX model with the contract's names and a `batch` axis.
+
+    The tower runs its explicit-softmax attention for the export and is restored afterwards.
+    """
+    check_opset(opset)
+    spec = tower_spec(tower)
+    attention = [m for m in tower.modules() if hasattr(m, "fused_attn")]
+    previous = [m.fused_attn for m in attention]
+    for m in attention:
+        m.fused_attn = False
+    batch = torch.export.Dim(BATCH, min=1, max=4096)
+    try:
+        with torch.no_grad(), _quiet_exporter():
+            program = torch.onnx.export(
+                tower.eval(),
+                (example_input(spec, batch=2),),
+                dynamo=True,
+                input_names=[spec.input_name],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={spec.input_name: {0: batch}},
+                opset_version=opset,
+                optimize=True,
+                external_data=False,
+            )
+    finally:
+        for m, flag in zip(attention, previous):
+            m.fused_attn = flag
+    model = program.model_proto
+    name_batch_axis(model, spec)
+    return model
+
+
+def name_batch_axis(model: onnx.ModelProto, spec: TowerSpec) -> None:
+    """Make axis 0 of the input and both outputs the symbolic `batch`, and check the rest is concrete."""
+    ios = [i for i in model.graph.input if i.name == spec.input_name] + list(model.graph.output)
+    if [i.name for i in ios] != [spec.input_name, *OUTPUT_NAMES]:
+        raise ExportError(
+            f"exported graph has inputs {[i.name for i in model.graph.input]} and outputs "
+            f"{[o.name for o in model.graph.output]}, expected {spec.input_name} -> {list(OUTPUT_NAMES)}"
+        )
+    for value in ios:
+        dims = value.type.tensor_type.shape.dim
+        if dims[0].dim_value:
+            raise ExportError(f"{value.name}: batch axis exported as the constant {dims[0].dim_value}")
+        dims[0].dim_param = BATCH
+
+
+def batch_axis_is_symbolic(model: onnx.ModelProto) -> list[str]:
+    """The inputs / outputs whose first axis is not the symbolic `batch` (empty when all are)."""
+    bad = []
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims or dims[0].dim_param != BATCH or dims[0].dim_value:
+            bad.append(value.name)
+    return bad
+
+
+def io_signature(model: onnx.ModelProto) -> dict[str, list[dict]]:
+    """Names, dtypes and shapes (symbolic axes as strings) of the graph inputs and outputs."""
+
+    def describe(value):
+        t = value.type.tensor_type
+        return {
+            "name": value.name,
+            "dtype": np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name,
+            "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
+        }
+
+    initializers = {i.name for i in model.graph.initializer}
+    return {
+        "inputs": [describe(i) for i in model.graph.input if i.name not in initializers],
+        "outputs": [describe(o) for o in model.graph.output],
+    }
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(
+        len(t.raw_data) or np.prod(t.dims, dtype=np.int64) * 4 for t in model.graph.initializer
+    )
+
+
+def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
+    """Add (or replace) ONNX `metadata_props`; runtimes read them without this package."""
+    keep = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def save_model(model: onnx.ModelProto, path: Path, external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD) -> list[str]:
+    """Write `model` to `path`; weights go to `<file>.data` beside it when they exceed the threshold.
+
+    Returns the external data file names (relative to the model's directory), empty when inline.
+    """
+    path = Path(path)
+    if initializer_bytes(model) <= external_data_threshold:
+        onnx.save_model(model, str(path))
+        return []
+    location = path.name + ".data"
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
+    return [location]

@@ -1,0 +1,388 @@
+"""The export pipeline: model -> ONNX -> checked -> simplified -> verified -> published.
+
+Everything is built in a hidden temporary directory beside the target and renamed into
+place only after every gate passed, so a run killed at any moment never leaves a partial
+file under the final names, and a failed run leaves an earlier good export untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterator
+
+import onnx
+import torch
+
+from runtime.errors import UserError
+from runtime.preprocess import PREPROCESSOR_CONFIG, ImageSettings
+from runtime.session import OnnxModel
+
+from . import __version__
+from .checkpoint import load_pretrained, weight_files
+from .config import DEFAULT_PRESET, SiglipConfig, preset, save_config
+from .modeling_siglip import SiglipModel, SiglipVisionModel, build_model
+from .onnx_export import (
+    DEFAULT_EXTERNAL_DATA_THRESHOLD,
+    DEFAULT_OPSET,
+    ExportError,
+    batch_axis_is_symbolic,
+    check_opset,
+    export_tower,
+    io_signature,
+    save_model,
+    set_metadata,
+    tower_spec,
+)
+from .verify import Gate, VerificationError, describe_failures, eager_outputs, verification_inputs, verify_artefact
+
+MANIFEST = "manifest.json"
+TOWERS = ("vision", "text")
+# Files a runtime needs beside the models, copied from a checkpoint when present.
+TOKENIZER_FILES = ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+                   "added_tokens.json")
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: exported from preset {preset!r} with seed {seed}, not a trained model. "
+    "Pass --checkpoint DIR (a Hugging Face SigLIP directory, e.g. a download of google/{preset}) "
+    "for real embeddings."
+)
+
+
+@dataclass
+class ExportOptions:
+    checkpoint: Path | None = None
+    preset: str | None = None  # used when no checkpoint is given; DEFAULT_PRESET when neither
+    output_dir: Path = Path("artifacts")
+    towers: tuple[str, ...] | None = None  # None: every tower the model has
+    opset: int = DEFAULT_OPSET
+    verify_batch_sizes: tuple[int, ...] = (1, 3, 8)
+    simplify: bool = True
+    seed: int = 0
+    gate: Gate = field(default_factory=Gate)
+    external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
+    threads: int | None = None  # ONNX Runtime threads for verification (None: all cores)
+
+
+class Progress:
+    """One line per finished step with its duration and the total elapsed time."""
+
+    def __init__(self, emit: Callable[[str], None] | None = print):
+        self.emit = emit or (lambda line: None)
+        self.start = time.perf_counter()
+        self.live = bool(emit is print and sys.stdout.isatty())
+
+    def info(self, line: str) -> None:
+        self.emit(line)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[dict]:
+        if self.live:
+            sys.stdout.write(f"[{time.perf_counter() - self.start:6.1f}s] {name} ...\r")
+            sys.stdout.flush()
+        begun = time.perf_counter()
+        detail: dict = {}
+        yield detail
+        took = time.perf_counter() - begun
+        note = f"  {detail['note']}" if detail.get("note") else ""
+        self.emit(f"[{time.perf_counter() - self.start:6.1f}s] {name:<42} {took:6.1f}s{note}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"siglip-export": __version__, "python": platform.python_version()}
+    for dist in ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "onnxruntime-gpu", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+# --- publication ------------------------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _scratch_name(target: Path, kind: str, pid: int) -> Path:
+    return target.parent / f".{target.name}.{kind}-{pid}"
+
+
+def remove_stale_scratch(target: Path) -> None:
+    """Remove temporary directories that runs killed earlier left beside `target`."""
+    for kind in ("tmp", "old"):
+        for path in target.parent.glob(f".{target.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_output(target: Path) -> Path:
+    """Check the target can be replaced and create the scratch directory beside it."""
+    if target.exists() and not target.is_dir():
+        raise UserError(f"output path {target} is a file, not a directory")
+    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).is_file():
+        raise UserError(
+            f"output directory {target} exists and is not a siglip-export artefact directory "
+            f"(no {MANIFEST}); choose another --output-dir or empty it"
+        )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_scratch(target)
+        scratch = _scratch_name(target, "tmp", os.getpid())
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+    except OSError as exc:
+        raise UserError(f"output directory {target} is not writable: {exc.strerror or exc}") from None
+    return scratch
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def publish(scratch: Path, target: Path) -> None:
+    """Move the finished scratch directory to `target`, replacing an earlier export whole."""
+    if not target.exists():
+        os.rename(scratch, target)
+        return
+    if _exchange(scratch, target):
+        shutil.rmtree(scratch)  # now holds the previous export
+        return
+    old = _scratch_name(target, "old", os.getpid())
+    os.rename(target, old)
+    os.rename(scratch, target)
+    shutil.rmtree(old)
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+def load_model(options: ExportOptions, progress: Progress) -> tuple[SiglipModel | SiglipVisionModel, dict]:
+    """The model in eval mode, and the manifest's record of where it came from."""
+    if options.checkpoint is not None:
+        with progress.step(f"load checkpoint {options.checkpoint}") as step:
+            model = load_pretrained(options.checkpoint)
+            files = weight_files(options.checkpoint)
+            step["note"] = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+        with progress.step("hash checkpoint weights"):
+            weights = [{"file": p.name, "sha256": sha256_file(p)} for p in files]
+        return model, {"type": "checkpoint", "path": str(Path(options.checkpoint).resolve()),
+                       "weights": weights, "random_weights": False}
+    name = options.preset or DEFAULT_PRESET
+    config = preset(name)
+    warning = RANDOM_WEIGHTS_WARNING.format(preset=name, seed=options.seed)
+    progress.info(f"WARNING: {warning}")
+    with progress.step(f"build {name} (random weights)") as step:
+        torch.manual_seed(options.seed)
+        model = build_model(config).eval()
+        step["note"] = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+    return model, {"type": "preset", "preset": name, "seed": options.seed, "random_weights": True,
+                   "warning": warning}
+
+
+def select_towers(model, requested: tuple[str, ...] | None) -> dict[str, torch.nn.Module]:
+    available = {"vision": model.vision_model}
+    if isinstance(model, SiglipModel):
+        available["text"] = model.text_model
+    wanted = requested or tuple(available)
+    unknown = [t for t in wanted if t not in TOWERS]
+    if unknown:
+        raise UserError(f"unknown tower {unknown[0]!r} in --towers (choose from {', '.join(TOWERS)})")
+    missing = [t for t in wanted if t not in available]
+    if missing:
+        raise UserError(f"--towers asks for {missing[0]!r}, but the model has only: {', '.join(available)}")
+    return {t: available[t] for t in TOWERS if t in wanted}
+
+
+def image_settings_for(options: ExportOptions, config) -> ImageSettings:
+    """The checkpoint's own preprocessor_config.json when it has one, else SigLIP's standard."""
+    if options.checkpoint is not None and (Path(options.checkpoint) / PREPROCESSOR_CONFIG).is_file():
+        settings = ImageSettings.from_file(Path(options.checkpoint) / PREPROCESSOR_CONFIG)
+        if (settings.height, settings.width) != (config.image_size, config.image_size):
+            raise UserError(
+                f"{PREPROCESSOR_CONFIG} resizes to {settings.height}x{settings.width}, but the model "
+                f"takes {config.image_size}x{config.image_size}"
+            )
+        return settings
+    return ImageSettings(height=config.image_size, width=config.image_size)
+
+
+def _save_checked(model: onnx.ModelProto, path: Path, spec, metadata_props: dict[str, str],
+                  threshold: int) -> tuple[list[str], dict]:
+    """Check the batch axis, stamp the metadata, save; returns (external data files, IO signature).
+
+    Saving with external data empties the in-memory tensors: afterwards the file is the truth.
+    """
+    bad = batch_axis_is_symbolic(model)
+    if bad:
+        raise ExportError(f"{spec.file}: the batch axis of {', '.join(bad)} is not the symbolic 'batch'")
+    set_metadata(model, metadata_props)
+    signature = io_signature(model)
+    return save_model(model, path, threshold), signature
+
+
+def export_one(
+    name: str, tower, scratch: Path, options: ExportOptions, progress: Progress, metadata_props: dict[str, str],
+    image_settings: ImageSettings,
+) -> dict:
+    spec = tower_spec(tower)
+    path = scratch / spec.file
+    # The raw export is written to disk and dropped from memory before onnxsim reads it back:
+    # holding both graphs (and the checker's serialised copy) would double the peak memory.
+    raw = scratch / f".raw.{spec.file}" if options.simplify else path
+    with progress.step(f"export {spec.file} (opset {options.opset})"):
+        model = export_tower(tower, options.opset)
+        data_files, signature = _save_checked(model, raw, spec, metadata_props, options.external_data_threshold)
+        del model
+        gc.collect()
+    with progress.step(f"check {spec.file} (full_check)"):
+        onnx.checker.check_model(str(raw), full_check=True)
+    if options.simplify:
+        with progress.step(f"simplify {spec.file} (onnxsim)") as step:
+            import onnxsim
+
+            before = len(onnx.load(str(raw), load_external_data=False).graph.node)
+            model, ok = onnxsim.simplify(str(raw), check_n=0, certify=False)
+            if not ok:
+                raise ExportError(f"onnxsim could not validate the simplified {spec.file}")
+            for f in [raw.name, *data_files]:
+                (scratch / f).unlink()
+            step["note"] = f"{before} -> {len(model.graph.node)} nodes"
+            data_files, signature = _save_checked(model, path, spec, metadata_props, options.external_data_threshold)
+            del model
+            gc.collect()
+            onnx.checker.check_model(str(path), full_check=True)
+    with progress.step(f"verify {spec.file} batch {','.join(map(str, options.verify_batch_sizes))}") as step:
+        session = OnnxModel(path, threads=options.threads)
+        text = tower.config if name == "text" else None
+        pad = text.pad_token_id if text and text.pad_token_id is not None and text.pad_token_id < text.vocab_size else 1
+        inputs = verification_inputs(spec, options.verify_batch_sizes, options.seed, image_settings,
+                                     vocab_size=text.vocab_size if text else None, pad_id=pad)
+        parity = verify_artefact(session, lambda x: eager_outputs(tower, x), inputs, options.gate)
+        del session
+        worst = min(r[o]["min_cosine"] for r in parity["results"] for o in ("last_hidden_state", "pooler_output"))
+        step["note"] = f"min cosine {worst:.7f}" + ("" if parity["passed"] else "  FAILED")
+    if not parity["passed"]:
+        raise VerificationError(describe_failures(spec.file, parity))
+    return {
+        "file": spec.file,
+        "tower": name,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size + sum((scratch / f).stat().st_size for f in data_files),
+        "external_data": [{"file": f, "sha256": sha256_file(scratch / f)} for f in data_files],
+        "opset": options.opset,
+        "precision": "fp32",
+        "simplified": options.simplify,
+        **signature,
+        "parity": parity,
+    }
+
+
+def copy_runtime_files(options: ExportOptions, model, scratch: Path, image_settings: ImageSettings) -> list[str]:
+    """config.json, preprocessor_config.json and tokenizer files, so the directory stands alone."""
+    save_config(model.config, scratch / "config.json")
+    (scratch / PREPROCESSOR_CONFIG).write_text(json.dumps(image_settings.to_dict(), indent=2) + "\n")
+    copied = ["config.json", PREPROCESSOR_CONFIG]
+    if options.checkpoint is not None and isinstance(model, SiglipModel):
+        for name in TOKENIZER_FILES:
+            source = Path(options.checkpoint) / name
+            if source.is_file():
+                shutil.copy2(source, scratch / name)
+                copied.append(name)
+    return copied
+
+
+def run_export(options: ExportOptions, emit: Callable[[str], None] | None = print) -> dict:
+    """Run the whole pipeline; returns the manifest. Raises UserError / VerificationError / ExportError."""
+    progress = Progress(emit)
+    check_opset(options.opset)
+    if not options.verify_batch_sizes or any(b < 1 for b in options.verify_batch_sizes):
+        raise UserError(f"verify batch sizes must be positive integers, got {options.verify_batch_sizes}")
+    target = Path(options.output_dir)
+    scratch = prepare_output(target)
+    try:
+        model, source = load_model(options, progress)
+        towers = select_towers(model, options.towers)
+        vision_config = model.config.vision_config if isinstance(model, SiglipModel) else model.config
+        image_settings = image_settings_for(options, vision_config)
+        artefacts = []
+        for name, tower in towers.items():
+            props = {
+                "siglip.tower": name,
+                "siglip.config": json.dumps(tower.config.to_dict()),
+                "siglip.source": json.dumps(source),
+                "siglip_export.version": __version__,
+            }
+            if name == "vision":
+                props["siglip.preprocessing"] = json.dumps(image_settings.to_dict())
+            artefacts.append(export_one(name, tower, scratch, options, progress, props, image_settings))
+        files = copy_runtime_files(options, model, scratch, image_settings)
+        manifest = {
+            "format": "siglip-export/1",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": source,
+            "model": {
+                "config": model.config.to_dict(),
+                "logit_scale": model.logit_scale.item() if isinstance(model, SiglipModel) else None,
+                "logit_bias": model.logit_bias.item() if isinstance(model, SiglipModel) else None,
+                "preprocessing": image_settings.to_dict(),
+            },
+            "artefacts": artefacts,
+            "files": files,
+            "tools": tool_versions(),
+        }
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        with progress.step(f"publish {target}"):
+            publish(scratch, target)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+    return manifest
+
+
+def summary_table(manifest: dict, output_dir: Path) -> str:
+    """Markdown-style table: artefact, size, parity per batch size, path."""
+    rows = ["| artefact | size | parity (worst min cosine / rel err, per batch size) | path |",
+            "| --- | --- | --- | --- |"]
+    for art in manifest["artefacts"]:
+        per_batch = {}
+        for r in art["parity"]["results"]:
+            cos = min(r[o]["min_cosine"] for o in ("last_hidden_state", "pooler_output"))
+            err = max(r[o]["rel_err"] for o in ("last_hidden_state", "pooler_output"))
+            prev = per_batch.get(r["batch_size"], (1.0, 0.0))
+            per_batch[r["batch_size"]] = (min(prev[0], cos), max(prev[1], err))
+        parity = ", ".join(f"b{b}: {c:.7f} / {e:.1e}" for b, (c, e) in sorted(per_batch.items()))
+        status = "pass" if art["parity"]["passed"] else "FAIL"
+        rows.append(f"| {art['file']} | {art['size_bytes'] / 1e6:.1f} MB | {status} ({parity}) | "
+                    f"{Path(output_dir) / art['file']} |")
+    return "\n".join(rows)
