@@ -1,4 +1,13 @@
 """siglip-export, deploy side: load and run the exported artefacts without PyTorch.
 
-Depends on numpy and onnxruntime only (Pillow / sentencepiece for images and text).
+Depends on numpy and onnxruntime (Pillow for images, sentencepiece for text, tensorrt for
+native engines). Never imports torch.
 """
+
+from .artefacts import Artefacts
+from .encoders import ImageEncoder, TextEncoder, ZeroShotClassifier
+from .errors import ArtefactError, InputError, ProviderError, UserError
+from .session import OnnxModel, TensorRTOptions
+
+__all__ = ["Artefacts", "ArtefactError", "ImageEncoder", "InputError", "OnnxModel", "ProviderError",
+           "TensorRTOptions", "TextEncoder", "UserError", "ZeroShotClassifier"]

@@ -15,3 +15,7 @@ class ArtefactError(UserError):
 
 class InputError(UserError, ValueError):
     """An input tensor or image that the model cannot take (wrong shape, dtype, values)."""
+
+
+class ProviderError(UserError):
+    """An execution provider that was asked for by name cannot run on this machine."""

@@ -1,14 +1,39 @@
-"""Images -> `pixel_values`, the way transformers' SiglipImageProcessor (PIL backend) does it.
+"""Images -> `pixel_values`, bit for bit as transformers' SiglipImageProcessorPil does it.
 
-RGB conversion (transparency composited on white), bicubic resize to the model's square
-size with Pillow, rescale by 1/255 (computed in float64, stored float32), normalise with
-mean / std 0.5, channels first. numpy + Pillow only.
+The reference is transformers' PIL/numpy image processor for SigLIP (`SiglipImageProcessorPil`
+in transformers 5.x, `SiglipImageProcessor` in 4.x); tests assert `np.array_equal` with it.
+For each image:
+
+1. RGB, decided as transformers decides it:
+   - a file path is opened, turned upright by its EXIF orientation and converted with
+     `Image.convert("RGB")`, then handled as an RGB image below. That is what the processor
+     does with a path (`transformers.image_utils.load_image`): an alpha channel is dropped,
+     not composited (given the opened image instead, it composites), but a palette or RGB
+     colour key survives convert("RGB") as a key and is composited: pixels of that colour
+     become white. Same input as transformers, same output, either way.
+   - a PIL image whose bands include "A", or that carries a `transparency` entry (palette,
+     L or RGB images with a colour key), goes to RGBA and is alpha-composited on opaque white
+     with Pillow; any other mode (L, 1, I, I;16, F, CMYK, YCbCr, RGBa, ...) goes through
+     `Image.convert("RGB")`.
+   - a uint8 (H, W, C) array: C = 3 as is; C = 1 repeated; C = 4 composited on white in
+     float64, `round(a/255 * rgb + (1 - a/255) * 255)` (round half to even), as transformers
+     does it for arrays (identical to Pillow's compositing: checked for every colour/alpha pair).
+2. Resize with Pillow on the uint8 RGB image to (width, height) with the configured filter
+   (3 = bicubic, with Pillow's antialiasing when shrinking); Pillow rounds and clips to uint8.
+3. Rescale: `float32(float64(x) * rescale_factor)`.
+4. Normalise in float32: `(x - float32(mean)) / float32(std)`.
+5. Channels first, stacked: float32 (N, 3, height, width).
+
+Not covered: transformers 5.x's torchvision-backed `SiglipImageProcessor` resizes with
+torchvision, not Pillow, so bit-identity with it is not expected (and is untested here).
+numpy + Pillow only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -18,6 +43,21 @@ import numpy as np
 from .errors import ArtefactError, InputError
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+_PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _three(values, name: str) -> list:
+    """mean / std: one number for all channels or one per channel -> a list of 3 floats."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        return [float(values)] * 3
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ArtefactError(f"{PREPROCESSOR_CONFIG}: {name} must be a number or 3 numbers, got {values!r}") from None
+    if len(values) != 3:
+        raise ArtefactError(f"{PREPROCESSOR_CONFIG}: {name} must have 3 values (R, G, B), got {values!r}")
+    return values
 
 
 @dataclass
@@ -37,14 +77,43 @@ class ImageSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> ImageSettings:
-        size = values.get("size") or {}
-        if isinstance(size, int):
-            size = {"height": size, "width": size}
-        if "shortest_edge" in size:
-            raise ArtefactError(f"{PREPROCESSOR_CONFIG}: size {size} is not a fixed height/width, as SigLIP needs")
+        """From `preprocessor_config.json` as transformers writes it (or `to_dict`'s output).
+
+        Options transformers would honour but this module does not implement are refused
+        rather than ignored, so the output never silently differs from transformers'.
+        """
+        if not isinstance(values, dict):
+            raise ArtefactError(f"{PREPROCESSOR_CONFIG} must hold a JSON object, got {type(values).__name__}")
+        size = values.get("size")
+        if size is None:
+            size = {}
+        elif isinstance(size, (list, tuple)) and len(size) == 2:
+            size = {"height": size[0], "width": size[1]}
+        elif isinstance(size, int) and not isinstance(size, bool):
+            # transformers reads a bare int as {"shortest_edge": n} for SigLIP (default_to_square=False)
+            size = {"shortest_edge": size}
+        if not isinstance(size, dict) or not set(size) <= {"height", "width"} or len(size) == 1:
+            raise ArtefactError(f"{PREPROCESSOR_CONFIG}: size {values.get('size')!r} is not a fixed height/width, "
+                                f"as SigLIP needs")
+        if values.get("do_center_crop"):
+            raise ArtefactError(f"{PREPROCESSOR_CONFIG}: do_center_crop is not supported (SigLIP does not crop)")
+        if values.get("do_pad") and values.get("pad_size"):
+            raise ArtefactError(f"{PREPROCESSOR_CONFIG}: do_pad with pad_size is not supported")
         settings = cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__ and v is not None})
-        settings.height = int(size.get("height", settings.height))
-        settings.width = int(size.get("width", settings.width))
+        try:
+            settings.height = int(size.get("height", settings.height))
+            settings.width = int(size.get("width", settings.width))
+            settings.resample = int(settings.resample)
+            settings.rescale_factor = float(settings.rescale_factor)
+        except (TypeError, ValueError) as exc:
+            raise ArtefactError(f"{PREPROCESSOR_CONFIG}: {exc}") from None
+        if settings.height < 1 or settings.width < 1:
+            raise ArtefactError(f"{PREPROCESSOR_CONFIG}: size {settings.height}x{settings.width} is not positive")
+        if settings.resample not in _PIL_FILTERS:
+            raise ArtefactError(f"{PREPROCESSOR_CONFIG}: resample {values.get('resample')!r} is not a Pillow filter "
+                                f"({', '.join(f'{k} {v}' for k, v in _PIL_FILTERS.items())})")
+        settings.image_mean = _three(settings.image_mean, "image_mean")
+        settings.image_std = _three(settings.image_std, "image_std")
         return settings
 
     @classmethod
@@ -72,53 +141,144 @@ class ImageSettings:
 
 
 def load_image(path: str | os.PathLike):
-    """Open an image file fully (so a truncated file fails here, with its name)."""
-    from PIL import Image, UnidentifiedImageError
+    """Open an image file fully, turned upright by its EXIF orientation; its mode is kept.
+
+    Decoding happens here, so a truncated or corrupt file fails here, with its name.
+    """
+    from PIL import Image, ImageOps
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"image not found: {path}")
+        raise InputError(f"image not found: {path}" if not path.exists() else f"image path is not a file: {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy() if image.mode != "P" else image.convert("RGBA")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+            # exif_transpose returns a transposed image or a copy; both outlive the file.
+            return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
 
 
-def to_rgb(image):
-    """RGB with transparency composited on white, as transformers' `convert_to_rgb`."""
+def _has_transparency(image) -> bool:
+    return "A" in image.getbands() or image.info.get("transparency") is not None
+
+
+def _pil_to_rgb(image):
     from PIL import Image
 
-    if image.mode == "RGB":
-        return image
+    if not _has_transparency(image):
+        return image.convert("RGB")
     rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _check_array(array: np.ndarray) -> np.ndarray:
+    """A uint8 image array as (H, W, C), C in 1, 3, 4; a 2-D array is read as (H, W, 1)."""
+    if array.dtype != np.uint8:
+        raise InputError(f"image arrays must be uint8 (H, W, C), got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"image arrays must be (H, W, C) with C = 1, 3 or 4 channels, got shape {array.shape}")
+    return array
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    array = _check_array(array)
+    channels = array.shape[2]
+    if channels == 3:
+        return array
+    if channels == 1:
+        return np.repeat(array, 3, axis=2)
+    alpha = array[:, :, 3:].astype(np.float64) / 255.0
+    blended = alpha * array[:, :, :3] + (1.0 - alpha) * 255.0  # float64 throughout
+    return np.round(blended).astype(np.uint8)
+
+
+def to_rgb(image):
+    """RGB with transparency composited on opaque white, as transformers' `convert_to_rgb`.
+
+    A PIL image gives a PIL image in mode RGB; a uint8 (H, W[, C]) array gives a (H, W, 3)
+    uint8 array.
+    """
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image)
+    return _pil_to_rgb(image)
+
+
+def image_batch(images) -> list:
+    """One image (path, PIL image, (H, W[, C]) array) is a batch of one; (N, H, W, C) arrays a batch."""
+    from PIL import Image
+
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return [images] if images.ndim in (2, 3) else list(images)
+    try:
+        return list(images)
+    except TypeError:
+        raise InputError(f"expected an image or a sequence of images, got {type(images).__name__}") from None
+
+
+def _rgb_uint8(item, settings: ImageSettings, index: int):
+    """One input -> a uint8 RGB PIL image or (H, W, 3) array, before resizing."""
+    from PIL import Image
+
+    if isinstance(item, (str, os.PathLike)):
+        # transformers' processor loads a path with image_utils.load_image (EXIF, then
+        # convert("RGB"), which drops alpha) and then treats the result as an opened image: a
+        # colour key that convert("RGB") carried over (from a palette or RGB tRNS) still composites.
+        item = load_image(item).convert("RGB")
+    if isinstance(item, Image.Image):
+        image = _pil_to_rgb(item) if settings.do_convert_rgb else item
+    elif isinstance(item, np.ndarray):
+        image = _array_to_rgb(item) if settings.do_convert_rgb else _check_array(item)
+    else:
+        raise InputError(f"image {index}: expected a path, a PIL image or a uint8 array, got {type(item).__name__}")
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        if image.mode != "RGB":
+            raise InputError(f"image {index} has mode {image.mode!r}, not RGB; enable do_convert_rgb")
+    else:
+        height, width = image.shape[:2]
+        if image.shape[2] != 3:
+            raise InputError(f"image {index} has {image.shape[2]} channels, not 3; enable do_convert_rgb")
+    if width < 1 or height < 1:
+        raise InputError(f"image {index} is empty ({width}x{height})")
+    return image
 
 
 def preprocess(images: Iterable, settings: ImageSettings | None = None) -> np.ndarray:
-    """PIL images or file paths -> float32 `pixel_values` (N, 3, height, width)."""
+    """Images -> float32 `pixel_values` (N, 3, height, width).
+
+    `images`: a sequence of file paths, PIL images and uint8 (H, W, C) arrays (or one of them,
+    or an (N, H, W, C) uint8 array).
+    """
     from PIL import Image
 
     settings = settings or ImageSettings()
     mean = np.asarray(settings.image_mean, dtype=np.float32)
     std = np.asarray(settings.image_std, dtype=np.float32)
-    batch = []
-    for item in images:
-        image = item if isinstance(item, Image.Image) else load_image(item)
-        if settings.do_convert_rgb:
-            image = to_rgb(image)
-        if settings.do_resize and image.size != (settings.width, settings.height):
+    items = image_batch(images)
+    if not items:
+        raise InputError("no images given (empty batch)")
+    out = np.empty((len(items), 3, settings.height, settings.width), dtype=np.float32)
+    for index, item in enumerate(items):
+        image = _rgb_uint8(item, settings, index)
+        if settings.do_resize:
+            if isinstance(image, np.ndarray):
+                image = Image.fromarray(image)
             image = image.resize((settings.width, settings.height), resample=settings.resample)
         array = np.asarray(image)  # (H, W, 3) uint8
-        if array.ndim != 3 or array.shape[2] != 3:
-            raise InputError(f"image of mode {image.mode!r} does not give 3 channels; enable do_convert_rgb")
+        if array.shape[:2] != (settings.height, settings.width):
+            raise InputError(f"image {index} is {array.shape[1]}x{array.shape[0]} (WxH), the model takes "
+                             f"{settings.width}x{settings.height}, and do_resize is off")
         if settings.do_rescale:
             array = (array.astype(np.float64) * settings.rescale_factor).astype(np.float32)
+        else:
+            array = array.astype(np.float32)
         if settings.do_normalize:
-            array = (array.astype(np.float32) - mean) / std
-        batch.append(array.astype(np.float32).transpose(2, 0, 1))  # (3, H, W)
-    if not batch:
-        raise InputError("no images given")
-    return np.stack(batch)
+            array = (array - mean) / std  # float32, per channel
+        out[index] = array.transpose(2, 0, 1)
+    return out

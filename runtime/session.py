@@ -2,99 +2,287 @@
 
 This is the code path the export pipeline verifies artefacts through, so what is tested is
 what is deployed. numpy + onnxruntime only.
+
+Providers, by name:
+- `cpu`: ONNX Runtime's CPU provider.
+- `cuda`: the CUDA provider; inputs and outputs go through IO binding with device buffers.
+- `tensorrt`: the TensorRT provider (CUDA for nodes TensorRT does not take), with an engine
+  cache keyed by the model's sha256, the GPU and the TensorRT build, and a batch profile.
+- `auto`: TensorRT, then CUDA, then CPU; only providers that really initialise are kept, and
+  `OnnxModel.provider` says which one runs.
+Asking for `cuda` or `tensorrt` by name on a machine where it cannot run is an error, not a
+silent fall back to the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtefactError, InputError
+from .errors import ArtefactError, InputError, ProviderError
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
                "tensor(int32)": np.int32}
 
-CPU = "CPUExecutionProvider"
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+_NAMED = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
 
 
 def _import_ort():
     try:
         import onnxruntime
-    except ImportError as exc:  # pragma: no cover - a broken install, reported plainly
+    except ImportError as exc:  # a broken install, reported plainly
         raise ArtefactError(f"onnxruntime is not importable ({exc}); install onnxruntime or onnxruntime-gpu") from None
     return onnxruntime
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """TensorRT execution provider settings. The batch profile bounds the engine's batch axis."""
+
+    fp16: bool = False
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 64
+    cache_dir: str | None = None  # default: ~/.cache/siglip-export/trt
+    workspace_bytes: int = 4 << 30
+
+    def __post_init__(self):
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise InputError(
+                f"TensorRT batch profile must satisfy 1 <= min <= opt <= max, got "
+                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def nvidia_driver_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
+
+
+def gpu_name(device_id: int = 0) -> str:
+    """The GPU's marketing name from nvidia-smi, or 'unknown-gpu'."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={device_id}", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown-gpu"
+    return out or "unknown-gpu"
+
+
+def tensorrt_version() -> str:
+    """The TensorRT Python package's version, else the ONNX Runtime build that bundles TensorRT."""
+    try:
+        import tensorrt
+
+        return f"trt{tensorrt.__version__}"
+    except ImportError:
+        return f"ort{_import_ort().__version__}"
+
+
+def tensorrt_cache_dir(model_path: Path, options: TensorRTOptions, device_id: int = 0) -> Path:
+    """A cache directory no other model, GPU or TensorRT build can share (engines are not portable)."""
+    base = Path(options.cache_dir or Path.home() / ".cache" / "siglip-export" / "trt")
+    key = "-".join([sha256_file(model_path)[:16], gpu_name(device_id), tensorrt_version(),
+                    "fp16" if options.fp16 else "fp32",
+                    f"b{options.min_batch}-{options.opt_batch}-{options.max_batch}"])
+    return base / re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+
+
+def _tensorrt_provider_options(model_path: Path, input_name: str, input_shape: tuple, options: TensorRTOptions,
+                               device_id: int) -> dict:
+    cache = tensorrt_cache_dir(model_path, options, device_id)
+    cache.mkdir(parents=True, exist_ok=True)
+    rest = "x".join(str(d) for d in input_shape[1:])
+
+    def shape(batch):
+        return f"{input_name}:{batch}x{rest}"
+
+    return {
+        "device_id": device_id,
+        "trt_fp16_enable": options.fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_max_workspace_size": options.workspace_bytes,
+        "trt_profile_min_shapes": shape(options.min_batch),
+        "trt_profile_opt_shapes": shape(options.opt_batch),
+        "trt_profile_max_shapes": shape(options.max_batch),
+    }
+
+
+@contextlib.contextmanager
+def _ort_quiet(ort):
+    """Provider libraries that fail to load log at error level; `auto` expects that on CPU hosts."""
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def validate_input(x, *, name: str, shape: tuple, dtype: np.dtype, max_batch: int | None = None,
+                   vocab_size: int | None = None) -> np.ndarray:
+    """`x` as a contiguous array if it fits a model input of `shape` (str axes are free), else InputError."""
+    expected = "(" + ", ".join(str(d) for d in shape) + ")"
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise InputError(f"{name} must be {np.dtype(dtype).name}, got {x.dtype.name}")
+    if x.ndim != len(shape):
+        raise InputError(f"{name} must have {len(shape)} dimensions {expected}, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {x.shape})")
+    if max_batch is not None and x.shape[0] > max_batch:
+        raise InputError(f"{name} batch {x.shape[0]} exceeds the engine profile's maximum {max_batch}")
+    for axis, (want, got) in enumerate(zip(shape, x.shape)):
+        if isinstance(want, int) and want > 0 and want != got:
+            raise InputError(f"{name} axis {axis} must be {want} {expected}, got shape {x.shape}")
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise InputError(f"{name} holds {int(finite.size - finite.sum())} NaN or Inf values")
+    elif vocab_size is not None and (x.min() < 0 or x.max() >= vocab_size):
+        raise InputError(f"{name} holds ids outside [0, {vocab_size}): min {int(x.min())}, max {int(x.max())}")
+    return np.ascontiguousarray(x)
 
 
 class OnnxModel:
     """An ONNX file ready to run: `OnnxModel(path).run(array) -> {output name: array}`.
 
-    `threads` sets ONNX Runtime's intra-op thread count (None: one per physical core).
+    provider: `cpu` (default), `cuda`, `tensorrt` or `auto` (see the module docstring).
+    threads: ONNX Runtime's intra-op thread count (None: one per physical core).
+    Safe to call from several threads at once: ONNX Runtime sessions are, and `run` keeps no state.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: list | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                 tensorrt: TensorRTOptions | None = None, device_id: int = 0):
         ort = _import_ort()
         self.path = Path(path)
+        if provider not in PROVIDER_CHOICES:
+            raise InputError(f"unknown provider {provider!r} (choose from {', '.join(PROVIDER_CHOICES)})")
         if not self.path.is_file():
             raise ArtefactError(f"model file not found: {self.path}")
+        if threads is not None and threads < 1:
+            raise InputError(f"threads must be >= 1, got {threads}")
+        self.tensorrt = tensorrt or TensorRTOptions()
+        self.device_id = device_id
         options = ort.SessionOptions()
         if threads is not None:
-            if threads < 1:
-                raise InputError(f"threads must be >= 1, got {threads}")
             options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        options.log_severity_level = 3
+        wanted = self._candidates(ort, provider)
+        # Shapes are needed for the TensorRT profile before the session exists: read them from
+        # a CPU session only when TensorRT is a candidate (it is cheap next to an engine build).
+        if TENSORRT in wanted:
+            self._read_signature(self._create(ort, options, [CPU]))
+        requested = [self._provider_entry(name) for name in wanted]
+        quiet = _ort_quiet(ort) if provider == "auto" else contextlib.nullcontext()
+        with quiet:
+            self.session = self._create(ort, options, requested)
+        self._read_signature(self.session)
+        active = self.session.get_providers()
+        if provider in ("cuda", "tensorrt") and _NAMED[provider] not in active:
+            raise ProviderError(
+                f"provider {provider!r} did not initialise for {self.path.name} (running: {', '.join(active)}); "
+                f"it needs onnxruntime-gpu with CUDA{' and TensorRT' if provider == 'tensorrt' else ''} "
+                f"libraries and an NVIDIA GPU. Use --provider cpu or auto."
+            )
+        self.provider = active[0]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        config = json.loads(self.metadata.get("siglip.config", "{}"))
+        self.vocab_size = config.get("vocab_size")
+        self._ort = ort
+
+    def _candidates(self, ort, provider: str) -> list[str]:
+        available = ort.get_available_providers()
+        if provider == "cpu":
+            return [CPU]
+        if provider == "auto":
+            # Without an NVIDIA driver the GPU providers cannot start: skip them rather than
+            # hashing the model for a TensorRT cache and letting ORT fail to load CUDA.
+            gpu = [p for p in (TENSORRT, CUDA) if p in available] if nvidia_driver_present() else []
+            return gpu + [CPU]
+        if _NAMED[provider] not in available:
+            raise ProviderError(
+                f"provider {provider!r} is not in this onnxruntime build (available: {', '.join(available)}); "
+                f"install onnxruntime-gpu"
+            )
+        return [TENSORRT, CUDA, CPU] if provider == "tensorrt" else [CUDA, CPU]
+
+    def _provider_entry(self, name: str):
+        if name == TENSORRT:
+            return (name, _tensorrt_provider_options(self.path, self.input_name, self.input_shape, self.tensorrt,
+                                                     self.device_id))
+        if name == CUDA:
+            return (name, {"device_id": self.device_id})
+        return name
+
+    def _create(self, ort, options, providers):
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers or [CPU])
+            return ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # ORT raises several types for unreadable, truncated or incomplete models
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ArtefactError(f"cannot load {self.path}: {first}") from None
-        inputs = self.session.get_inputs()
+
+    def _read_signature(self, session) -> None:
+        inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ArtefactError(f"{self.path}: expected one input, found {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
         self.input_shape = tuple(inputs[0].shape)  # symbolic axes are strings
-        self.input_dtype = np.dtype(_ORT_DTYPES.get(inputs[0].type, np.float32))
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        config = json.loads(self.metadata.get("siglip.config", "{}"))
-        self.vocab_size = config.get("vocab_size")
+        if inputs[0].type not in _ORT_DTYPES:
+            raise ArtefactError(f"{self.path}: unsupported input type {inputs[0].type}")
+        self.input_dtype = np.dtype(_ORT_DTYPES[inputs[0].type])
+        self.output_names = [o.name for o in session.get_outputs()]
 
     @property
     def providers(self) -> list[str]:
         """The providers the session really runs on, in priority order."""
         return self.session.get_providers()
 
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the session takes (the TensorRT profile's maximum), None when unbounded."""
+        return self.tensorrt.max_batch if self.provider == TENSORRT else None
+
     def validate(self, x) -> np.ndarray:
         """Raise InputError naming the offending value unless `x` fits this model's input."""
-        name = self.input_name
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"{name} must be a numpy array, got {type(x).__name__}")
-        if x.dtype != self.input_dtype:
-            raise InputError(f"{name} must be {self.input_dtype.name}, got {x.dtype.name}")
-        if x.ndim != len(self.input_shape):
-            raise InputError(f"{name} must have {len(self.input_shape)} dimensions {self._shape_text()}, got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise InputError(f"{name} is an empty batch (shape {x.shape})")
-        for axis, (want, got) in enumerate(zip(self.input_shape, x.shape)):
-            if isinstance(want, int) and want != got:
-                raise InputError(f"{name} axis {axis} must be {want} {self._shape_text()}, got shape {x.shape}")
-        if x.dtype.kind == "f":
-            if not np.isfinite(x).all():
-                bad = int(np.size(x) - np.isfinite(x).sum())
-                raise InputError(f"{name} holds {bad} NaN or Inf values")
-        elif self.vocab_size is not None and (x.min() < 0 or x.max() >= self.vocab_size):
-            raise InputError(
-                f"{name} holds ids outside [0, {self.vocab_size}): min {int(x.min())}, max {int(x.max())}"
-            )
-        return np.ascontiguousarray(x)
-
-    def _shape_text(self) -> str:
-        return "(" + ", ".join(str(d) for d in self.input_shape) + ")"
+        return validate_input(x, name=self.input_name, shape=self.input_shape, dtype=self.input_dtype,
+                              max_batch=self.max_batch, vocab_size=self.vocab_size)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Validate `x` and run the model: {output name: array}."""
         x = self.validate(x)
+        if self.provider in (CUDA, TENSORRT):
+            return self._run_on_device(x)
         outputs = self.session.run(None, {self.input_name: x})
         return dict(zip(self.output_names, outputs))
+
+    def _run_on_device(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """IO binding: the input is copied to a device buffer once, outputs stay on the device until copied back."""
+        ort = self._ort
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.device_id))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))

@@ -31,7 +31,7 @@ from runtime.session import OnnxModel
 
 from . import __version__
 from .checkpoint import load_pretrained, weight_files
-from .config import DEFAULT_PRESET, SiglipConfig, preset, save_config
+from .config import DEFAULT_PRESET, preset, save_config
 from .modeling_siglip import SiglipModel, SiglipVisionModel, build_model
 from .onnx_export import (
     DEFAULT_EXTERNAL_DATA_THRESHOLD,

@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import io
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
 
 from siglip_export.config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+
+# Words for a sentencepiece corpus (with accents and CJK) and syllables that make up unseen words.
+REAL_WORDS = (
+    "a an the of on in with and at two three photo picture image painting close up view cat cats dog dogs "
+    "bird red blue green yellow small large old young man woman child children car bicycle street road city "
+    "night day snow beach mountain river tree flower flowers table chair kitchen window house playing "
+    "running sitting standing eating looking café crème brûlée naïve résumé über straße 東京 北京 夜景 猫 写真"
+).split()
+SYLLABLES = "ka ri to na mo shi be la po du vex dra ting ler ous ment ion pre con ist".split()
+
+
+def _sentencepiece_corpus() -> list[str]:
+    rng = random.Random(0)
+    words = REAL_WORDS + ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(400)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(3000)]
+
+
+def train_sentencepiece(path: Path, vocab_size: int = 400) -> Path:
+    """A unigram sentencepiece model in the released SigLIP layout: <pad> 0, </s> 1, <unk> 2, no <s>."""
+    import sentencepiece as spm
+
+    blob = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_sentencepiece_corpus()), model_writer=blob, model_type="unigram",
+        vocab_size=vocab_size, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2,
+    )
+    path.write_bytes(blob.getvalue())
+    return path
+
 
 TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
@@ -91,3 +121,26 @@ def tiny_artefacts(tmp_path_factory):
     model.save_pretrained(base / "ckpt")
     run_export(ExportOptions(checkpoint=base / "ckpt", output_dir=base / "artefacts"), emit=None)
     return base / "artefacts", model
+
+
+@pytest.fixture(scope="session")
+def text_artefacts(tmp_path_factory):
+    """A tiny checkpoint with a real (trained) tokenizer and transformers' image processor files,
+    exported once: (artefact dir, hf model, hf tokenizer, hf image processor)."""
+    import transformers
+
+    from siglip_export.pipeline import ExportOptions, run_export
+
+    base = tmp_path_factory.mktemp("text_artefacts")
+    ckpt = base / "ckpt"
+    config = tiny_config()
+    config.text_config.vocab_size = 400
+    model = hf_model(config)
+    model.save_pretrained(ckpt)
+    tokenizer = transformers.SiglipTokenizer(vocab_file=str(train_sentencepiece(base / "spiece.model")),
+                                             model_max_length=16)
+    tokenizer.save_pretrained(ckpt)
+    processor = transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    processor.save_pretrained(ckpt)
+    run_export(ExportOptions(checkpoint=ckpt, output_dir=base / "artefacts", verify_batch_sizes=(2,)), emit=None)
+    return base / "artefacts", model, tokenizer, processor

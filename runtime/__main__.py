@@ -1,0 +1,116 @@
+"""`python -m runtime`: embed images or classify them zero-shot with an exported artefact directory.
+
+    python -m runtime embed artifacts cat.jpg dog.jpg --output vectors.npy [--normalize]
+    python -m runtime classify artifacts cat.jpg --labels cat dog "a red car" [--json]
+
+Exit status: 0 done; 2 bad input (one line on stderr: a missing or corrupt image, a missing
+artefact directory, a model without a text tower or tokenizer, ...); 1 an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .session import PROVIDER_CHOICES, TensorRTOptions
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("artefacts", type=Path, metavar="ARTEFACT_DIR", help="directory written by export.py")
+    common.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    common.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto",
+                        help="execution provider (default auto: TensorRT, then CUDA, then CPU)")
+    common.add_argument("--threads", type=_positive, default=None, help="ONNX Runtime threads (default: all cores)")
+    common.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")
+    common.add_argument("--variant", default=None, help="run vision_model.<VARIANT>.onnx instead of the fp32 file")
+    common.add_argument("--trt-fp16", action="store_true", help="TensorRT provider: build an fp16 engine")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    embed = sub.add_parser("embed", parents=[common], help="write pooled image embeddings to a .npy file")
+    embed.add_argument("--output", type=Path, required=True, metavar="FILE.npy", help="float32 [N, hidden] array")
+    embed.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
+    classify = sub.add_parser("classify", parents=[common], help="zero-shot sigmoid probabilities per label")
+    classify.add_argument("--labels", nargs="+", required=True, metavar="LABEL", help="candidate labels")
+    classify.add_argument("--template", default=None, help='prompt with {} for the label (default "This is a photo of {}.")')
+    classify.add_argument("--json", action="store_true", help='print [{"image": path, "scores": {label: p}}]')
+    return parser.parse_args(argv)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Write through a temporary name in the same directory, then rename: never a half-written file."""
+    if path.suffix != ".npy":
+        raise UserError(f"--output must end in .npy, got {path}")
+    if path.is_dir():
+        raise UserError(f"--output {path} is a directory")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def run(args: argparse.Namespace) -> None:
+    from .encoders import DEFAULT_TEMPLATE, ImageEncoder, ZeroShotClassifier
+
+    options = dict(provider=args.provider, threads=args.threads, batch_size=args.batch_size,
+                   tensorrt=TensorRTOptions(fp16=args.trt_fp16))
+    if args.command == "embed":
+        encoder = ImageEncoder(args.artefacts, variant=args.variant, **options)
+        vectors = encoder.embed(args.images, normalize=args.normalize)
+        _save_npy(args.output, vectors.astype(np.float32))
+        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.output} ({encoder.provider})",
+              file=sys.stderr)
+        return
+    classifier = ZeroShotClassifier(args.artefacts, template=args.template or DEFAULT_TEMPLATE,
+                                    variant=args.variant, **options)
+    results = classifier.classify(args.images, args.labels)
+    if args.json:
+        print(json.dumps([{"image": image, "scores": scores} for image, scores in zip(args.images, results)], indent=2))
+        return
+    width = max(len(label) for label in args.labels)
+    for image, scores in zip(args.images, results):
+        print(image)
+        for label, p in scores.items():
+            print(f"  {label:<{width}}  {p:.4f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The Python API: image and text embeddings, and SigLIP zero-shot classification.
+
+    from runtime import ImageEncoder, ZeroShotClassifier
+    vectors = ImageEncoder("artifacts").embed(["cat.jpg", "dog.jpg"])          # (2, 768) float32
+    probs = ZeroShotClassifier("artifacts").probabilities(["cat.jpg"], ["cat", "dog"])  # (1, 2)
+
+Large inputs are split into chunks of `batch_size`; each chunk is preprocessed just before it
+runs, so memory stays bounded. Every encoder is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .artefacts import Artefacts
+from .errors import ArtefactError, InputError
+from .preprocess import image_batch, preprocess
+from .session import OnnxModel, TensorRTOptions
+
+DEFAULT_TEMPLATE = "This is a photo of {}."  # the prompt SigLIP's zero-shot evaluation uses
+
+
+def _artefacts(source) -> Artefacts:
+    return source if isinstance(source, Artefacts) else Artefacts(source)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, np.finfo(x.dtype).tiny)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|
+
+
+class _Encoder:
+    tower = ""
+
+    def __init__(self, source, *, variant: str | None = None, provider: str = "auto", threads: int | None = None,
+                 batch_size: int = 32, tensorrt: TensorRTOptions | None = None):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.artefacts = _artefacts(source)
+        path = self.artefacts.model_file(self.tower, variant)
+        if path.suffix == ".engine":
+            from .tensorrt_engine import TensorRTEngine
+
+            self.model = TensorRTEngine(path)
+        else:
+            self.model = OnnxModel(path, provider=provider, threads=threads, tensorrt=tensorrt)
+        self.batch_size = min(batch_size, self.model.max_batch or batch_size)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that really runs the model."""
+        return self.model.provider
+
+    def _chunks(self, items: Sequence):
+        if len(items) == 0:
+            raise InputError(f"no {'images' if self.tower == 'vision' else 'texts'} given (empty batch)")
+        for start in range(0, len(items), self.batch_size):
+            yield items[start : start + self.batch_size]
+
+    def _pooled(self, x: np.ndarray) -> np.ndarray:
+        return self.model.run(x)["pooler_output"]
+
+
+class ImageEncoder(_Encoder):
+    """Images (paths, PIL images or HWC uint8 arrays; one or a sequence) -> embeddings (N, hidden) float32."""
+
+    tower = "vision"
+
+    def __init__(self, source, **kwargs):
+        super().__init__(source, **kwargs)
+        self.settings = self.artefacts.image_settings()
+        size = tuple(self.model.input_shape[2:])
+        if size != (self.settings.height, self.settings.width):
+            raise ArtefactError(
+                f"preprocessing resizes to {self.settings.height}x{self.settings.width} but "
+                f"{self.model.path.name} takes {size[0]}x{size[1]}"
+            )
+
+    def embed(self, images: Sequence, normalize: bool = False) -> np.ndarray:
+        chunks = self._chunks(image_batch(images))
+        out = np.concatenate([self._pooled(preprocess(chunk, self.settings)) for chunk in chunks])
+        return l2_normalize(out) if normalize else out
+
+    def embed_pixels(self, pixel_values: np.ndarray, normalize: bool = False) -> np.ndarray:
+        """Already preprocessed float32 (N, 3, H, W) input."""
+        if not isinstance(pixel_values, np.ndarray):
+            raise InputError(f"pixel_values must be a numpy array, got {type(pixel_values).__name__}")
+        out = np.concatenate([self._pooled(chunk) for chunk in self._chunks(pixel_values)])
+        return l2_normalize(out) if normalize else out
+
+
+class TextEncoder(_Encoder):
+    """Texts -> pooled embeddings (N, hidden) float32, tokenised like transformers' SiglipTokenizer."""
+
+    tower = "text"
+
+    def __init__(self, source, **kwargs):
+        super().__init__(source, **kwargs)
+        length = self.model.input_shape[1]
+        self.tokenizer = self.artefacts.tokenizer(max_length=length)
+
+    def embed(self, texts: Sequence[str], normalize: bool = False) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        out = np.concatenate([self._pooled(self.tokenizer(list(chunk))) for chunk in self._chunks(list(texts))])
+        return l2_normalize(out) if normalize else out
+
+
+class ZeroShotClassifier:
+    """SigLIP zero-shot classification: independent sigmoid probabilities, not a softmax.
+
+    p(label | image) = sigmoid(cos(image, text(label)) * exp(logit_scale) + logit_bias); the
+    probabilities of one image need not sum to 1 (none, one or several labels can apply).
+    """
+
+    def __init__(self, source, *, template: str = DEFAULT_TEMPLATE, **kwargs):
+        artefacts = _artefacts(source)
+        if "text" not in artefacts.towers:
+            raise ArtefactError(f"{artefacts.directory} has no text tower; zero-shot classification needs both towers")
+        if "{}" not in template:
+            raise InputError(f"template must contain '{{}}' where the label goes, got {template!r}")
+        self.logit_scale, self.logit_bias = artefacts.logit_parameters()
+        self.template = template
+        self.text = TextEncoder(artefacts, **kwargs)
+        self.images = ImageEncoder(artefacts, **kwargs)
+
+    def probabilities(self, images: Sequence, labels: Sequence[str]) -> np.ndarray:
+        """(N images, L labels) float32 probabilities."""
+        labels = list(labels)
+        if not labels or not all(isinstance(label, str) and label.strip() for label in labels):
+            raise InputError(f"labels must be non-empty strings, got {labels!r}")
+        text = self.text.embed([self.template.format(label) for label in labels], normalize=True)
+        image = self.images.embed(images, normalize=True)
+        logits = image @ text.T * np.exp(self.logit_scale) + self.logit_bias
+        return sigmoid(logits).astype(np.float32)
+
+    def classify(self, images: Sequence, labels: Sequence[str]) -> list[dict[str, float]]:
+        """One {label: probability} dict per image, in the labels' order."""
+        probs = self.probabilities(images, labels)
+        return [{label: float(p) for label, p in zip(labels, row)} for row in probs]
+
+
+__all__ = ["ImageEncoder", "TextEncoder", "ZeroShotClassifier", "DEFAULT_TEMPLATE", "l2_normalize", "sigmoid"]
