@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from runtime.cli_support import ArgumentParser
 from runtime.errors import UserError
 
 
@@ -36,11 +37,30 @@ def _towers(text: str) -> tuple[str, ...]:
     return towers
 
 
+def _variants(text: str) -> tuple[str, ...]:
+    from siglip_export.optimize import VARIANTS
+
+    variants = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [v for v in variants if v not in VARIANTS]
+    if not variants or bad:
+        raise argparse.ArgumentTypeError(f"unknown variant {(bad or [text])[0]!r} (choose from {', '.join(VARIANTS)})")
+    return variants
+
+
+def _gate(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected VARIANT=MIN_COSINE, got {text!r}") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from siglip_export.config import DEFAULT_PRESET, PRESETS
     from siglip_export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from siglip_export.optimize import DEFAULT_GATES, VARIANTS
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="export.py",
         description="Export SigLIP to ONNX (dynamic batch axis), simplify it, verify it against the "
         "eager PyTorch model, and publish it atomically with a manifest.",
@@ -63,6 +83,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights and random inputs (default 0)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="ONNX Runtime threads during verification (default: all cores)")
+    parser.add_argument("--variants", type=_variants, default=(), metavar="opt,int8,...",
+                        help=f"faster artefacts to build, each published only within its gate: {', '.join(VARIANTS)}")
+    parser.add_argument("--gate", type=_gate, action="append", default=[], metavar="VARIANT=MIN_COSINE",
+                        help="override a variant's gate (minimum cosine of pooler_output vs eager fp32); defaults: "
+                        + ", ".join(f"{k}={v}" for k, v in DEFAULT_GATES.items()))
+    parser.add_argument("--calibration-images", type=Path, default=None, metavar="DIR",
+                        help="images for int8-qdq calibration (default: the packaged photos)")
+    parser.add_argument("--trt-profile", type=_int_list, default=(1, 8, 64), metavar="MIN,OPT,MAX",
+                        help="TensorRT engine batch profile (default 1,8,64)")
     parser.add_argument("--quiet", action="store_true", help="print only errors and the summary table")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
@@ -81,7 +110,8 @@ def main(argv=None) -> int:
     options = ExportOptions(
         checkpoint=args.checkpoint, preset=args.preset, output_dir=args.output_dir, towers=args.towers,
         opset=args.opset, verify_batch_sizes=args.verify_batch_sizes, simplify=not args.no_simplify,
-        seed=args.seed, gate=Gate(), threads=args.threads,
+        seed=args.seed, gate=Gate(), threads=args.threads, variants=args.variants, gates=dict(args.gate),
+        calibration_images=args.calibration_images, trt_profile=args.trt_profile,
     )
     try:
         manifest = run_export(options, emit=None if args.quiet else print)
@@ -104,6 +134,10 @@ def main(argv=None) -> int:
         print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
     print(summary_table(manifest, args.output_dir))
+    for art in manifest["rejected"]:
+        reason = art["reason"] if "accuracy" not in art else (
+            f"min cosine {art['accuracy']['pooler_output_min_cosine']:.6f} below its gate {art['parity']['gate']['min_cosine']}")
+        print(f"WARNING: {art['file']} not published: {reason}")
     if manifest["source"].get("random_weights"):
         print(f"\nWARNING: {manifest['source']['warning']}")
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_support import ArgumentParser
 from .errors import UserError
 from .session import PROVIDER_CHOICES, TensorRTOptions
 
@@ -32,8 +33,8 @@ def _positive(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n\n")[0])
-    common = argparse.ArgumentParser(add_help=False)
+    parser = ArgumentParser(prog="python -m runtime", description=__doc__.split("\n\n")[0])
+    common = ArgumentParser(add_help=False)
     common.add_argument("artefacts", type=Path, metavar="ARTEFACT_DIR", help="directory written by export.py")
     common.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     common.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto",

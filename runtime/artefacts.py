@@ -62,8 +62,9 @@ class Artefacts:
         return [t for t in TOWER_FILES if any(a.get("tower") == t for a in self.manifest["artefacts"])]
 
     def model_file(self, tower: str, variant: str | None = None) -> Path:
-        """A tower's model: `vision_model.onnx`, or the variant `vision_model.<variant>.onnx` /
-        the TensorRT engine `vision_model.<precision>.engine`."""
+        """A tower's model: `vision_model.onnx`, or a variant: `vision_model.<variant>.onnx`, the
+        OpenVINO IR `vision_model.ov-bf16.xml`, the TensorRT engine `vision_model.<precision>.engine`
+        (`variant="trt-fp16"` or `"fp16"` when only the engine exists)."""
         if self.single_file:
             found = self.metadata(self.single_file).get("siglip.tower", "vision")
             if found != tower:
@@ -71,7 +72,8 @@ class Artefacts:
             return self.single_file
         listed = {a["file"] for a in self.manifest["artefacts"]}
         stem = TOWER_FILES[tower]
-        candidates = [f"{stem}.{variant}.onnx", f"{stem}.{variant}.engine"] if variant else [f"{stem}.onnx"]
+        candidates = ([f"{stem}.{variant}.onnx", f"{stem}.{variant}.xml", f"{stem}.{variant}.engine",
+                       f"{stem}.{variant.removeprefix('trt-')}.engine"] if variant else [f"{stem}.onnx"])
         name = next((c for c in candidates if c in listed), candidates[0])
         if name not in listed:
             raise ArtefactError(
@@ -81,6 +83,10 @@ class Artefacts:
         if not path.is_file():
             raise ArtefactError(f"{path} is listed in {MANIFEST} but missing")
         return path
+
+    def entry(self, path: Path) -> dict:
+        """The manifest's record of a model file ({} for a lone file)."""
+        return next((a for a in self.manifest.get("artefacts", []) if a["file"] == Path(path).name), {})
 
     def metadata(self, path: Path) -> dict[str, str]:
         if path not in self._metadata:

@@ -48,6 +48,11 @@ class _Encoder:
             from .tensorrt_engine import TensorRTEngine
 
             self.model = TensorRTEngine(path)
+        elif path.suffix == ".xml":
+            from .openvino_model import OpenVinoModel
+
+            precision = "bf16" if self.artefacts.entry(path).get("precision") == "bf16" else "f32"
+            self.model = OpenVinoModel(path, precision=precision, threads=threads)
         else:
             self.model = OnnxModel(path, provider=provider, threads=threads, tensorrt=tensorrt)
         self.batch_size = min(batch_size, self.model.max_batch or batch_size)

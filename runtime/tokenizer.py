@@ -59,15 +59,70 @@ def _import_sentencepiece():
     return sentencepiece
 
 
-def _without_dummy_prefix(proto: bytes) -> bytes:
-    """The model with normalizer_spec.add_dummy_prefix = false, as transformers makes it for
-    `legacy=False` (protobuf comes with onnxruntime)."""
-    from sentencepiece import sentencepiece_model_pb2
+# --- sentencepiece's model is a protobuf message. transformers' legacy=False flips one field in
+# it; that is done here on the wire format directly, because the generated protobuf classes
+# sentencepiece ships refuse to load under a protobuf runtime older than the one they were
+# generated with (seen here: gencode 7.36 vs runtime 6.33), and protobuf's version is set by
+# whatever else is installed.
 
-    model = sentencepiece_model_pb2.ModelProto()
-    model.ParseFromString(proto)
-    model.normalizer_spec.add_dummy_prefix = False
-    return model.SerializeToString()
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes):
+    """Top-level fields of a protobuf message: (number, wire type, field start, payload start, end)."""
+    pos = 0
+    while pos < len(data):
+        field_start = pos
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        start = pos
+        if wire == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            size, start = _read_varint(data, pos)
+            pos = start + size
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > len(data):
+            raise ValueError("truncated field")
+        yield number, wire, field_start, start, pos
+
+
+def _without_dummy_prefix(proto: bytes) -> bytes:
+    """The model with NormalizerSpec.add_dummy_prefix = false, as transformers makes it for
+    `legacy=False`. ModelProto field 3 is the NormalizerSpec; its field 3 is add_dummy_prefix."""
+    out = bytearray()
+    for number, wire, field_start, start, end in _fields(proto):
+        if number != 3 or wire != 2:
+            out += proto[field_start:end]
+            continue
+        spec = proto[start:end]
+        kept = b"".join(spec[f:e] for n, _, f, _, e in _fields(spec) if n != 3) + _varint(3 << 3) + _varint(0)
+        out += _varint((3 << 3) | 2) + _varint(len(kept)) + kept
+    return bytes(out)
 
 
 class SiglipTokenizer:

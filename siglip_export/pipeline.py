@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from runtime.errors import UserError
-from runtime.preprocess import PREPROCESSOR_CONFIG, ImageSettings
+from runtime.preprocess import PREPROCESSOR_CONFIG, ImageSettings, preprocess
 from runtime.session import OnnxModel
 
 from . import __version__
@@ -34,6 +34,7 @@ from .checkpoint import load_pretrained, weight_files
 from .config import DEFAULT_PRESET, preset, save_config
 from .modeling_siglip import SiglipModel, SiglipVisionModel, build_model
 from .onnx_export import (
+    BATCH,
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
     DEFAULT_OPSET,
     ExportError,
@@ -45,7 +46,33 @@ from .onnx_export import (
     set_metadata,
     tower_spec,
 )
-from .verify import Gate, VerificationError, describe_failures, eager_outputs, verification_inputs, verify_artefact
+from .optimize import (
+    DEFAULT_GATES,
+    PRECISION,
+    VARIANTS,
+    VISION_ONLY,
+    VariantFailed,
+    VariantSkipped,
+    build_fp16,
+    build_int8,
+    build_int8_qdq,
+    build_openvino,
+    build_opt,
+    ensure_batch_axis,
+    simplify_portable,
+)
+from .tensorrt_build import build_engine
+from .verify import (
+    PHOTO_SUFFIXES,
+    PHOTOS_DIR,
+    Gate,
+    VerificationError,
+    describe_failures,
+    eager_outputs,
+    verification_inputs,
+    verify_artefact,
+    worst,
+)
 
 MANIFEST = "manifest.json"
 TOWERS = ("vision", "text")
@@ -72,6 +99,10 @@ class ExportOptions:
     gate: Gate = field(default_factory=Gate)
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     threads: int | None = None  # ONNX Runtime threads for verification (None: all cores)
+    variants: tuple[str, ...] = ()  # faster variants to build, each behind its gate (optimize.VARIANTS)
+    gates: dict[str, float] = field(default_factory=dict)  # variant -> min cosine, over DEFAULT_GATES
+    calibration_images: Path | None = None  # int8-qdq calibration (default: the packaged photos)
+    trt_profile: tuple[int, int, int] = (1, 8, 64)  # TensorRT batch profile min / opt / max
 
 
 class Progress:
@@ -251,10 +282,29 @@ def _save_checked(model: onnx.ModelProto, path: Path, spec, metadata_props: dict
     return save_model(model, path, threshold), signature
 
 
+def _file_record(path: Path, data_files: list[str]) -> dict:
+    scratch = path.parent
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size + sum((scratch / f).stat().st_size for f in data_files),
+        "external_data": [{"file": f, "sha256": sha256_file(scratch / f)} for f in data_files],
+    }
+
+
+def _verification_inputs(name: str, tower, spec, options: ExportOptions, image_settings: ImageSettings) -> list:
+    text = tower.config if name == "text" else None
+    pad = text.pad_token_id if text and text.pad_token_id is not None and text.pad_token_id < text.vocab_size else 1
+    return verification_inputs(spec, options.verify_batch_sizes, options.seed, image_settings,
+                               vocab_size=text.vocab_size if text else None, pad_id=pad)
+
+
 def export_one(
     name: str, tower, scratch: Path, options: ExportOptions, progress: Progress, metadata_props: dict[str, str],
-    image_settings: ImageSettings,
-) -> dict:
+    inputs: list,
+) -> tuple[dict, Path]:
+    """Export, check, simplify, save and verify one tower; returns its record and the raw export's path
+    (kept for the `opt` variant, whose fusion needs the unsimplified graph)."""
     spec = tower_spec(tower)
     path = scratch / spec.file
     # The raw export is written to disk and dropped from memory before onnxsim reads it back:
@@ -269,14 +319,8 @@ def export_one(
         onnx.checker.check_model(str(raw), full_check=True)
     if options.simplify:
         with progress.step(f"simplify {spec.file} (onnxsim)") as step:
-            import onnxsim
-
             before = len(onnx.load(str(raw), load_external_data=False).graph.node)
-            model, ok = onnxsim.simplify(str(raw), check_n=0, certify=False)
-            if not ok:
-                raise ExportError(f"onnxsim could not validate the simplified {spec.file}")
-            for f in [raw.name, *data_files]:
-                (scratch / f).unlink()
+            model = simplify_portable(raw)
             step["note"] = f"{before} -> {len(model.graph.node)} nodes"
             data_files, signature = _save_checked(model, path, spec, metadata_props, options.external_data_threshold)
             del model
@@ -284,28 +328,159 @@ def export_one(
             onnx.checker.check_model(str(path), full_check=True)
     with progress.step(f"verify {spec.file} batch {','.join(map(str, options.verify_batch_sizes))}") as step:
         session = OnnxModel(path, threads=options.threads)
-        text = tower.config if name == "text" else None
-        pad = text.pad_token_id if text and text.pad_token_id is not None and text.pad_token_id < text.vocab_size else 1
-        inputs = verification_inputs(spec, options.verify_batch_sizes, options.seed, image_settings,
-                                     vocab_size=text.vocab_size if text else None, pad_id=pad)
         parity = verify_artefact(session, lambda x: eager_outputs(tower, x), inputs, options.gate)
         del session
-        worst = min(r[o]["min_cosine"] for r in parity["results"] for o in ("last_hidden_state", "pooler_output"))
-        step["note"] = f"min cosine {worst:.7f}" + ("" if parity["passed"] else "  FAILED")
+        numbers = worst(parity)
+        step["note"] = (f"min cosine {min(numbers['last_hidden_state_min_cosine'], numbers['pooler_output_min_cosine']):.7f}"
+                        + ("" if parity["passed"] else "  FAILED"))
     if not parity["passed"]:
-        raise VerificationError(describe_failures(spec.file, parity))
-    return {
-        "file": spec.file,
-        "tower": name,
-        "sha256": sha256_file(path),
-        "size_bytes": path.stat().st_size + sum((scratch / f).stat().st_size for f in data_files),
-        "external_data": [{"file": f, "sha256": sha256_file(scratch / f)} for f in data_files],
-        "opset": options.opset,
-        "precision": "fp32",
-        "simplified": options.simplify,
-        **signature,
-        "parity": parity,
-    }
+        raise VerificationError(describe_failures(spec.file, parity, options.gate))
+    record = {**_file_record(path, data_files), "tower": name, "variant": None, "opset": options.opset,
+              "precision": "fp32", "simplified": options.simplify, **signature, "parity": parity}
+    return record, raw
+
+
+def _variant_file(stem: str, variant: str) -> str:
+    if variant == "ov-bf16":
+        return f"{stem}.ov-bf16.xml"
+    if variant == "trt-fp16":
+        return f"{stem}.fp16.engine"
+    return f"{stem}.{variant}.onnx"
+
+
+def _calibration_batches(options: ExportOptions, settings: ImageSettings) -> list:
+    """Images for static int8 calibration: --calibration-images DIR, else the packaged photos."""
+    directory = Path(options.calibration_images) if options.calibration_images else PHOTOS_DIR
+    if not directory.is_dir():
+        raise UserError(f"--calibration-images {directory} is not a directory")
+    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not paths:
+        raise UserError(f"--calibration-images {directory} holds no .jpg / .jpeg / .png images")
+    return [preprocess([p], settings) for p in paths]
+
+
+class _VariantBuilder:
+    """Builds the requested variants of one tower; each file once, dependencies (int8 needs opt,
+    trt-fp16 needs fp16) built on demand even when not requested themselves."""
+
+    def __init__(self, name, tower, spec, plain: Path, raw: Path, options: ExportOptions,
+                 metadata_props: dict[str, str], image_settings: ImageSettings):
+        self.name, self.tower, self.spec, self.plain, self.raw = name, tower, spec, plain, raw
+        self.options, self.props, self.image_settings = options, metadata_props, image_settings
+        self.scratch = plain.parent
+        self.stem = spec.file.removesuffix(".onnx")
+        self.built: dict[str, tuple[Path, dict]] = {}
+
+    def _save(self, model: onnx.ModelProto, path: Path, variant: str) -> list[str]:
+        ensure_batch_axis(model, self.spec.input_name)
+        set_metadata(model, {**self.props, "siglip.variant": variant})
+        return save_model(model, path, self.options.external_data_threshold)
+
+    def _restamp(self, path: Path, variant: str) -> None:
+        """Metadata and batch-axis name for a file another tool wrote (weights stay where they are)."""
+        model = onnx.load(str(path), load_external_data=False)
+        ensure_batch_axis(model, self.spec.input_name)
+        set_metadata(model, {**self.props, "siglip.variant": variant})
+        onnx.save_model(model, str(path))
+
+    def build(self, variant: str) -> tuple[Path, dict]:
+        if variant in self.built:
+            return self.built[variant]
+        path = self.scratch / _variant_file(self.stem, variant)
+        config = self.tower.config
+        if variant == "opt":
+            model, info = build_opt(self.raw, config, self.name)
+            info["data_files"] = self._save(model, path, variant)
+        elif variant == "int8":
+            info = build_int8(self.build("opt")[0], path, config)
+            self._restamp(path, variant)
+        elif variant == "int8-qdq":
+            calibration = _calibration_batches(self.options, self.image_settings)
+            info = build_int8_qdq(self.plain, path, self.spec.input_name, calibration)
+            self._restamp(path, variant)
+        elif variant == "fp16":
+            model, info = build_fp16(self.plain)
+            info["data_files"] = self._save(model, path, variant)
+        elif variant == "ov-bf16":
+            info = build_openvino(self.plain, path)
+            info["data_files"] = [path.with_suffix(".bin").name]
+        elif variant == "trt-fp16":
+            fp16 = self.build("fp16")[0]
+            profile = self.options.trt_profile
+            info = build_engine(fp16, path, profile, self.scratch / "tensorrt.timing_cache", self.spec.input_name)
+            info["data_files"] = [f"{path.name}.json", "tensorrt.timing_cache"]
+        else:
+            raise UserError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+        info.setdefault("data_files", [f for f in (f"{path.name}.data",) if (self.scratch / f).is_file()])
+        self.built[variant] = (path, info)
+        return self.built[variant]
+
+    def runner(self, variant: str, path: Path):
+        """The runtime class that serves this kind of file (the code path users deploy)."""
+        if variant == "ov-bf16":
+            from runtime.openvino_model import OpenVinoModel
+
+            return OpenVinoModel(path, precision="bf16", threads=self.options.threads)
+        if variant == "trt-fp16":
+            from runtime.tensorrt_engine import TensorRTEngine
+
+            return TensorRTEngine(path)
+        return OnnxModel(path, threads=self.options.threads)
+
+
+def build_variants(name, tower, spec, plain: Path, raw: Path, options: ExportOptions, progress: Progress,
+                   metadata_props: dict[str, str], image_settings: ImageSettings, inputs: list) -> dict[str, list]:
+    """Build, verify and gate each requested variant of one tower.
+
+    Returns {"published": [...], "rejected": [...], "skipped": [...]}; a rejected variant's
+    files stay in the scratch directory, unlisted, and are pruned before publication.
+    """
+    out: dict[str, list] = {"published": [], "rejected": [], "skipped": []}
+    builder = _VariantBuilder(name, tower, spec, plain, raw, options, metadata_props, image_settings)
+    for variant in options.variants:
+        if name != "vision" and variant in VISION_ONLY:
+            continue
+        file = _variant_file(builder.stem, variant)
+        gate = Gate(max_rel_err=None, min_cosine=options.gates.get(variant, DEFAULT_GATES[variant]),
+                    outputs=("pooler_output",))
+        base = {"file": file, "tower": name, "variant": variant, "precision": PRECISION[variant]}
+        with progress.step(f"build {file}") as step:
+            try:
+                path, info = builder.build(variant)
+            except VariantSkipped as exc:
+                out["skipped"].append({**base, "reason": str(exc)})
+                step["note"] = f"skipped: {exc}"
+                continue
+            except VariantFailed as exc:
+                out["rejected"].append({**base, "reason": str(exc)})
+                step["note"] = f"REJECTED: {exc}"
+                continue
+        with progress.step(f"verify {file}") as step:
+            parity = verify_artefact(builder.runner(variant, path), lambda x: eager_outputs(tower, x), inputs, gate)
+            numbers = worst(parity)
+            step["note"] = (f"min cosine {numbers['pooler_output_min_cosine']:.6f} (gate {gate.min_cosine})"
+                            + ("" if parity["passed"] else "  REJECTED"))
+        build_info = {k: v for k, v in info.items() if k != "data_files"}
+        if not parity["passed"]:
+            out["rejected"].append({**base, "reason": "missed its gate", "accuracy": numbers, "parity": parity})
+            continue
+        record = _file_record(path, [f for f in info["data_files"] if f != "tensorrt.timing_cache"])
+        out["published"].append({**record, **base, "accuracy": numbers, "build": build_info,
+                                 "parity": parity, **_signature_of(path, tower, spec)})
+    return out
+
+
+def _signature_of(path: Path, tower, spec) -> dict:
+    """IO names / shapes / dtypes of a variant (all take the fp32 model's inputs and give float32 outputs)."""
+    if path.suffix == ".onnx":
+        return io_signature(onnx.load(str(path), load_external_data=False))
+    rest = list(spec.input_shape[1:])
+    hidden = tower.config.hidden_size
+    seq = tower.config.num_patches if spec.name == "vision" else spec.input_shape[1]
+    pooled = hidden if spec.name == "vision" else tower.config.projection_size
+    return {"inputs": [{"name": spec.input_name, "dtype": spec.input_dtype, "shape": [BATCH, *rest]}],
+            "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": [BATCH, seq, hidden]},
+                        {"name": "pooler_output", "dtype": "float32", "shape": [BATCH, pooled]}]}
 
 
 def copy_runtime_files(options: ExportOptions, model, scratch: Path, image_settings: ImageSettings) -> list[str]:
@@ -322,12 +497,43 @@ def copy_runtime_files(options: ExportOptions, model, scratch: Path, image_setti
     return copied
 
 
+def check_variant_options(options: ExportOptions) -> None:
+    unknown = [v for v in options.variants if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant {unknown[0]!r} (choose from {', '.join(VARIANTS)})")
+    for variant, value in options.gates.items():
+        if variant not in VARIANTS:
+            raise UserError(f"--gate names unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+        if not -1.0 <= value <= 1.0:
+            raise UserError(f"--gate {variant}={value}: a minimum cosine must lie in [-1, 1]")
+    if len(options.trt_profile) != 3:
+        raise UserError(f"--trt-profile needs three batch sizes MIN,OPT,MAX, got {options.trt_profile}")
+    low, opt, high = options.trt_profile
+    if not 1 <= low <= opt <= high:
+        raise UserError(f"--trt-profile {low},{opt},{high}: need 1 <= min <= opt <= max")
+    if options.calibration_images is not None and not Path(options.calibration_images).is_dir():
+        raise UserError(f"--calibration-images {options.calibration_images} is not a directory")
+
+
+def prune_unlisted(scratch: Path, artefacts: list[dict], files: list[str]) -> None:
+    """Delete every scratch file the manifest does not list (raw exports, rejected and intermediate
+    variants): what is published is exactly what is recorded."""
+    keep = set(files)
+    for art in artefacts:
+        keep.add(art["file"])
+        keep.update(d["file"] for d in art["external_data"])
+    for path in scratch.iterdir():
+        if path.name not in keep:
+            path.unlink()
+
+
 def run_export(options: ExportOptions, emit: Callable[[str], None] | None = print) -> dict:
     """Run the whole pipeline; returns the manifest. Raises UserError / VerificationError / ExportError."""
     progress = Progress(emit)
     check_opset(options.opset)
     if not options.verify_batch_sizes or any(b < 1 for b in options.verify_batch_sizes):
         raise UserError(f"verify batch sizes must be positive integers, got {options.verify_batch_sizes}")
+    check_variant_options(options)
     target = Path(options.output_dir)
     scratch = prepare_output(target)
     try:
@@ -335,7 +541,7 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
         towers = select_towers(model, options.towers)
         vision_config = model.config.vision_config if isinstance(model, SiglipModel) else model.config
         image_settings = image_settings_for(options, vision_config)
-        artefacts = []
+        artefacts, rejected, skipped = [], [], []
         for name, tower in towers.items():
             props = {
                 "siglip.tower": name,
@@ -345,8 +551,19 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
             }
             if name == "vision":
                 props["siglip.preprocessing"] = json.dumps(image_settings.to_dict())
-            artefacts.append(export_one(name, tower, scratch, options, progress, props, image_settings))
+            inputs = _verification_inputs(name, tower, tower_spec(tower), options, image_settings)
+            record, raw = export_one(name, tower, scratch, options, progress, props, inputs)
+            artefacts.append(record)
+            if options.variants:
+                built = build_variants(name, tower, tower_spec(tower), scratch / record["file"], raw, options,
+                                       progress, props, image_settings, inputs)
+                artefacts += built["published"]
+                rejected += built["rejected"]
+                skipped += built["skipped"]
         files = copy_runtime_files(options, model, scratch, image_settings)
+        if any(a["variant"] == "trt-fp16" for a in artefacts):
+            files.append("tensorrt.timing_cache")
+        prune_unlisted(scratch, artefacts, files)
         manifest = {
             "format": "siglip-export/1",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -358,6 +575,8 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
                 "preprocessing": image_settings.to_dict(),
             },
             "artefacts": artefacts,
+            "rejected": rejected,
+            "skipped": skipped,
             "files": files,
             "tools": tool_versions(),
         }
@@ -371,18 +590,20 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
 
 
 def summary_table(manifest: dict, output_dir: Path) -> str:
-    """Markdown-style table: artefact, size, parity per batch size, path."""
-    rows = ["| artefact | size | parity (worst min cosine / rel err, per batch size) | path |",
-            "| --- | --- | --- | --- |"]
+    """Markdown table: every artefact with its size and accuracy, and what was rejected or skipped."""
+    rows = ["| artefact | size | accuracy vs eager fp32 (worst over inputs and batch sizes) | gate | path |",
+            "| --- | --- | --- | --- | --- |"]
     for art in manifest["artefacts"]:
-        per_batch = {}
-        for r in art["parity"]["results"]:
-            cos = min(r[o]["min_cosine"] for o in ("last_hidden_state", "pooler_output"))
-            err = max(r[o]["rel_err"] for o in ("last_hidden_state", "pooler_output"))
-            prev = per_batch.get(r["batch_size"], (1.0, 0.0))
-            per_batch[r["batch_size"]] = (min(prev[0], cos), max(prev[1], err))
-        parity = ", ".join(f"b{b}: {c:.7f} / {e:.1e}" for b, (c, e) in sorted(per_batch.items()))
-        status = "pass" if art["parity"]["passed"] else "FAIL"
-        rows.append(f"| {art['file']} | {art['size_bytes'] / 1e6:.1f} MB | {status} ({parity}) | "
+        n = worst(art["parity"])
+        batches = ",".join(str(b) for b in sorted({r["batch_size"] for r in art["parity"]["results"]}))
+        accuracy = (f"pooler cos {n['pooler_output_min_cosine']:.6f}, hidden cos {n['last_hidden_state_min_cosine']:.6f}, "
+                    f"hidden rel err {n['last_hidden_state_rel_err']:.1e} (batch {batches})")
+        rows.append(f"| {art['file']} | {art['size_bytes'] / 1e6:.1f} MB | {accuracy} | pass | "
                     f"{Path(output_dir) / art['file']} |")
+    for art in manifest.get("rejected", []):
+        detail = (f"pooler cos {art['accuracy']['pooler_output_min_cosine']:.6f} < "
+                  f"{art['parity']['gate']['min_cosine']}" if "accuracy" in art else art["reason"])
+        rows.append(f"| {art['file']} | - | {detail} | REJECTED | not published |")
+    for art in manifest.get("skipped", []):
+        rows.append(f"| {art['file']} | - | {art['reason']} | skipped | not built |")
     return "\n".join(rows)

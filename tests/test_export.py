@@ -76,7 +76,8 @@ def test_manifest_matches_files(exported_tiny):
     for art in manifest["artefacts"]:
         assert art["sha256"] == sha256(out / art["file"])
         assert art["opset"] == 18 and art["precision"] == "fp32" and art["external_data"] == []
-        assert art["parity"]["passed"] and art["parity"]["gate"] == {"max_rel_err": 1e-4, "min_cosine": 0.99999}
+        assert art["parity"]["passed"] and art["parity"]["gate"] == {
+            "max_rel_err": 1e-4, "min_cosine": 0.99999, "outputs": ["last_hidden_state", "pooler_output"]}
         assert {r["batch_size"] for r in art["parity"]["results"]} == {1, 3, 8}
         assert {r["inputs"] for r in art["parity"]["results"]} in ({"photos", "random"}, {"padded-text", "random"})
     vision, text = manifest["artefacts"]
@@ -171,7 +172,7 @@ def test_parity_miss_exits_3_and_publishes_nothing(tmp_path, monkeypatch, capsys
 def test_impossible_gate_raises_with_numbers(tmp_path):
     ckpt = tmp_path / "ckpt"
     hf_model(tiny_config()).save_pretrained(ckpt)
-    with pytest.raises(VerificationError, match=r"min_cosine >= 1\.5\)\n  photos batch 1 last_hidden_state: rel_err \S+, min_cosine 1\.0000000"):
+    with pytest.raises(VerificationError, match=r"min_cosine >= 1\.5 on last_hidden_state, pooler_output\)\n  photos batch 1 last_hidden_state: rel_err \S+, min_cosine 1\.0000000"):
         run_export(ExportOptions(checkpoint=ckpt, output_dir=tmp_path / "out", towers=("vision",),
                                  gate=Gate(max_rel_err=1e-4, min_cosine=1.5)), emit=None)
     assert not (tmp_path / "out").exists()
