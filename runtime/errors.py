@@ -19,3 +19,4 @@ class InputError(UserError, ValueError):
 
 class ProviderError(UserError):
     """An execution provider that was asked for by name cannot run on this machine."""
+

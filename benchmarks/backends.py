@@ -1,0 +1,283 @@
+"""The backends the benchmark compares, each loaded inside its own worker process.
+
+A runner loads one model once and hands out, per batch size, a function
+`run(pixel_values float32 (B, C, H, W)) -> pooler_output float32 (B, D)` that does the whole
+host-to-host call a user makes (GPU runners copy the input to the device and the output back,
+as `runtime.session.OnnxModel` does with IO binding), so every backend is timed the same way.
+
+Imports of torch, onnxruntime, openvino and tensorrt happen inside the loaders: an ONNX Runtime
+worker never imports torch, so its peak RSS is what a torch-free deploy host pays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+CPU_BACKENDS = ("torch-eager", "torch-eager-bf16", "ort-cpu", "openvino-fp32", "openvino-default")
+GPU_BACKENDS = ("torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16", "ort-cuda", "ort-tensorrt",
+                "ort-tensorrt-fp16", "tensorrt")
+BACKENDS = CPU_BACKENDS + GPU_BACKENDS
+ALIASES = {
+    "all": BACKENDS,
+    "cpu": CPU_BACKENDS,
+    "gpu": GPU_BACKENDS,
+    "openvino": ("openvino-fp32", "openvino-default"),
+    "torch": ("torch-eager", "torch-eager-bf16", "torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16"),
+}
+TORCH_BACKENDS = ("torch-eager", "torch-eager-bf16", "torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16")
+
+# Backend -> the precision it computes in, where the backend fixes it (else the artefact's).
+FIXED_PRECISION = {
+    "torch-eager": "fp32", "torch-eager-bf16": "bf16", "openvino-fp32": "fp32",
+    "torch-cuda": "fp32", "torch-cuda-fp16": "fp16", "torch-cuda-bf16": "bf16",
+    "ort-tensorrt": "fp32", "ort-tensorrt-fp16": "fp16",
+}
+DESCRIPTIONS = {
+    "torch-eager": "siglip_export reference model, eval, no_grad, SDPA attention, fp32",
+    "torch-eager-bf16": "same model under torch.autocast('cpu', dtype=torch.bfloat16)",
+    "ort-cpu": "runtime.session.OnnxModel, CPU provider",
+    "openvino-fp32": "OpenVINO CPU, INFERENCE_PRECISION_HINT f32, LATENCY hint, static batch",
+    "openvino-default": "OpenVINO CPU with its default precision (bf16 on AMX / AVX512-BF16 CPUs), LATENCY hint",
+    "torch-cuda": "reference model on CUDA, fp32 (TF32 off), host-to-host",
+    "torch-cuda-fp16": "reference model on CUDA under autocast float16, host-to-host",
+    "torch-cuda-bf16": "reference model on CUDA under autocast bfloat16, host-to-host",
+    "ort-cuda": "runtime.session.OnnxModel, CUDA provider with IO binding",
+    "ort-tensorrt": "runtime.session.OnnxModel, TensorRT provider (TensorRT's default TF32 for fp32)",
+    "ort-tensorrt-fp16": "runtime.session.OnnxModel, TensorRT provider with trt_fp16_enable",
+    "tensorrt": "runtime.tensorrt_engine.TensorRTEngine on a serialized engine",
+}
+
+
+class SkipBatch(Exception):
+    """This batch size cannot run on this backend (the message says why); others may."""
+
+
+def floor_key(precision: str, device: str) -> str:
+    """The floor a row is compared against: 'fp32', 'int8', 'fp16', 'bf16', or 'cuda-<precision>'."""
+    p = precision.lower()
+    base = next((k for k in ("int8", "fp16", "bf16") if k in p), "fp32")
+    return f"cuda-{base}" if device == "cuda" else base
+
+
+def _nvidia_smi_process_mb(pid: int) -> float | None:
+    """GPU memory a process holds, from nvidia-smi (ONNX Runtime's and TensorRT's allocators keep
+    what they reached, so after the runs this is the peak). None where nvidia-smi cannot tell."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            return float(fields[1])
+    return None
+
+
+class Runner:
+    precision: str = "fp32"
+    device: str = "cpu"
+    provider: str = ""
+    input_dtype = np.dtype(np.float32)
+    notes: list[str]
+
+    def for_batch(self, batch: int) -> Callable[[np.ndarray], np.ndarray]:
+        raise NotImplementedError
+
+    def peak_device_mb(self) -> float | None:
+        return None
+
+
+# --- torch ------------------------------------------------------------------------------------
+
+def load_vision_tower(vision_config: dict, weights: str | None):
+    """The reference image tower in eval mode: the weights the prepare step saved (the artefacts'
+    own), else seeded random weights (fine for latency; accuracy is then not comparable)."""
+    import torch
+
+    from siglip_export.config import SiglipVisionConfig
+    from siglip_export.modeling_siglip import SiglipVisionTransformer
+
+    config = SiglipVisionConfig.from_dict(vision_config)
+    if weights:
+        from safetensors.torch import load_file
+
+        with torch.device("meta"):  # no random init for weights that are replaced at once
+            model = SiglipVisionTransformer(config)
+        model.load_state_dict(load_file(weights), strict=True, assign=True)
+    else:
+        torch.manual_seed(0)
+        from siglip_export.modeling_siglip import SiglipVisionModel
+
+        model = SiglipVisionModel(config).vision_model
+    return model.eval()
+
+
+class TorchRunner(Runner):
+    def __init__(self, job: dict, backend: str):
+        import torch
+
+        self.torch = torch
+        self.device = "cuda" if "cuda" in backend else "cpu"
+        self.precision = FIXED_PRECISION[backend]
+        self.notes = []
+        if self.device == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"torch.cuda.is_available() is False (torch {torch.__version__}, "
+                                   f"CUDA build {torch.version.cuda})")
+            # fp32 means fp32: TF32 would change the numbers and the floor it is compared with.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            self.provider = f"torch {torch.__version__} CUDA {torch.version.cuda} ({torch.cuda.get_device_name()})"
+        else:
+            torch.set_num_threads(job["threads"])
+            self.provider = f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads"
+        self.model = load_vision_tower(job["vision_config"], job.get("weights")).to(self.device)
+        if not job.get("weights"):
+            self.notes.append("random weights (not the artefacts'): latency only")
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    def for_batch(self, batch: int):
+        torch, model, device, dtype = self.torch, self.model, self.device, self.dtype
+
+        def run(x: np.ndarray) -> np.ndarray:
+            cast = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            with torch.no_grad(), cast:
+                pooled = model(torch.from_numpy(x).to(device))[1]
+            return pooled.float().cpu().numpy()  # .cpu() waits for the GPU
+
+        return run
+
+    def peak_device_mb(self):
+        if self.device != "cuda":
+            return None
+        return self.torch.cuda.max_memory_allocated() / 2**20
+
+
+# --- ONNX Runtime -----------------------------------------------------------------------------
+
+class OrtRunner(Runner):
+    def __init__(self, job: dict, backend: str):
+        from runtime.session import OnnxModel, TensorRTOptions
+
+        self.notes = []
+        provider = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-tensorrt": "tensorrt",
+                    "ort-tensorrt-fp16": "tensorrt"}[backend]
+        self.device = "cpu" if provider == "cpu" else "cuda"
+        self.precision = FIXED_PRECISION.get(backend, job.get("precision") or "fp32")
+        options = None
+        if provider == "tensorrt":
+            top = max(job["batch_sizes"])
+            options = TensorRTOptions(fp16=backend.endswith("fp16"), min_batch=1, opt_batch=min(8, top), max_batch=top)
+        self.model = OnnxModel(job["path"], provider=provider, threads=job["threads"], tensorrt=options)
+        self.provider = self.model.provider
+        self.input_dtype = self.model.input_dtype
+        if "pooler_output" not in self.model.output_names:
+            raise RuntimeError(f"{Path(job['path']).name} has no pooler_output (outputs: {self.model.output_names})")
+
+    def for_batch(self, batch: int):
+        model = self.model
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return model.run(x)["pooler_output"]
+
+        return run
+
+    def peak_device_mb(self):
+        import os
+
+        return _nvidia_smi_process_mb(os.getpid()) if self.device == "cuda" else None
+
+
+# --- OpenVINO ---------------------------------------------------------------------------------
+
+_OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+class OpenVinoRunner(Runner):
+    """OpenVINO on the CPU, compiled per batch size with a static shape (OpenVINO's advice for
+    CPU latency), the LATENCY hint and the benchmark's thread count."""
+
+    def __init__(self, job: dict, backend: str):
+        import openvino as ov
+
+        self.ov = ov
+        self.core = ov.Core()
+        self.model = self.core.read_model(job["path"])
+        self.input = self.model.inputs[0]
+        self.shape = list(job["input_shape"])  # (C, H, W)
+        self.config = {"INFERENCE_NUM_THREADS": job["threads"], "PERFORMANCE_HINT": "LATENCY"}
+        if backend == "openvino-fp32":
+            self.config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = None
+        self.provider = f"OpenVINO {ov.__version__} CPU ({self.core.get_property('CPU', 'FULL_DEVICE_NAME')})"
+        self.notes = []
+        # The precision it really uses is the compiled model's, known after the first compile.
+        self.precision = "fp32" if backend == "openvino-fp32" else None
+        self._compile(1)
+
+    def _compile(self, batch: int):
+        self.compiled = None  # release the previous batch size's compiled model first
+        self.model.reshape({self.input.get_any_name(): self.ov.PartialShape([batch, *self.shape])})
+        self.compiled = self.core.compile_model(self.model, "CPU", self.config)
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        self.precision = _OV_PRECISIONS.get(name, name)
+        self.output = self.compiled.output("pooler_output")
+
+    def for_batch(self, batch: int):
+        self._compile(batch)
+        request = self.compiled.create_infer_request()
+        output = self.output
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(request.infer({0: x})[output])
+
+        return run
+
+
+# --- native TensorRT ------------------------------------------------------------------------
+
+class TensorRTRunner(Runner):
+    def __init__(self, job: dict, backend: str):
+        from runtime.tensorrt_engine import TensorRTEngine
+
+        self.engine = TensorRTEngine(job["path"])
+        self.device = "cuda"
+        self.precision = job.get("precision") or "fp16"
+        self.provider = self.engine.provider
+        self.input_dtype = self.engine.input_dtype
+        self.notes = []
+
+    def for_batch(self, batch: int):
+        if batch > self.engine.max_batch:
+            raise SkipBatch(f"batch {batch} exceeds the engine profile's maximum {self.engine.max_batch}")
+        engine = self.engine
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return engine.run(x)["pooler_output"]
+
+        return run
+
+    def peak_device_mb(self):
+        import os
+
+        return _nvidia_smi_process_mb(os.getpid())
+
+
+def load_runner(job: dict) -> Runner:
+    backend = job["backend"]
+    if backend in TORCH_BACKENDS:
+        return TorchRunner(job, backend)
+    if backend.startswith("ort-"):
+        return OrtRunner(job, backend)
+    if backend.startswith("openvino"):
+        return OpenVinoRunner(job, backend)
+    if backend == "tensorrt":
+        return TensorRTRunner(job, backend)
+    raise ValueError(f"unknown backend {backend!r}")
