@@ -15,8 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from runtime.cli_support import ArgumentParser
-from runtime.errors import UserError
+from runtime.cli_support import ArgumentParser, positive_int, run_command
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -81,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="batch sizes the parity gate runs (default 1,3,8)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights and random inputs (default 0)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime threads during verification (default: all cores)")
     parser.add_argument("--variants", type=_variants, default=(), metavar="opt,int8,...",
                         help=f"faster artefacts to build, each published only within its gate: {', '.join(VARIANTS)}")
@@ -113,26 +112,16 @@ def main(argv=None) -> int:
         seed=args.seed, gate=Gate(), threads=args.threads, variants=args.variants, gates=dict(args.gate),
         calibration_images=args.calibration_images, trt_profile=args.trt_profile,
     )
-    try:
-        manifest = run_export(options, emit=None if args.quiet else print)
-    except UserError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except VerificationError as exc:
-        if args.debug:
-            raise
-        print(f"error: parity gate failed, nothing published\n{exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted, nothing published", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+    result: dict = {}
+
+    def export() -> None:
+        result.update(run_export(options, emit=None if args.quiet else print))
+
+    status = run_command(export, debug=args.debug,
+                         failures={VerificationError: (3, "parity gate failed, nothing published\n")})
+    if status:
+        return status
+    manifest = result
     print(summary_table(manifest, args.output_dir))
     for art in manifest["rejected"]:
         reason = art["reason"] if "accuracy" not in art else (

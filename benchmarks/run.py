@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository
 from benchmarks.backends import ALIASES, BACKENDS, DESCRIPTIONS, FIXED_PRECISION, TORCH_BACKENDS, floor_key
 from benchmarks.floor import CUDA_PRECISIONS, METHODS
 from benchmarks.flops import gemm_shapes, vision_flops
+from runtime.cli_support import ArgumentParser, positive_int
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = "manifest.json"
@@ -60,18 +61,8 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python benchmarks/run.py",
         description="SigLIP image tower: latency / throughput per backend and batch size, against the FLOP floor.",
     )
@@ -85,13 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"backends or groups, space- or comma-separated: {', '.join(BACKENDS)}; "
                              f"groups: {', '.join(ALIASES)} (default: all)")
     parser.add_argument("--batch-sizes", type=_batch_sizes, help="comma-separated (default 1,8,32; --quick 1,8)")
-    parser.add_argument("--threads", type=_positive, help="intra-op threads for every backend (default: all cores)")
-    parser.add_argument("--iterations", type=_positive, help="timed calls per point (default 50; --quick 10)")
-    parser.add_argument("--warmup", type=_positive, help="untimed calls first (default 5; --quick 2)")
+    parser.add_argument("--threads", type=positive_int, help="intra-op threads for every backend (default: all cores)")
+    parser.add_argument("--iterations", type=positive_int, help="timed calls per point (default 50; --quick 10)")
+    parser.add_argument("--warmup", type=positive_int, help="untimed calls first (default 5; --quick 2)")
     parser.add_argument("--budget-s", type=float,
                         help="stop timing a point after this many seconds, with at least 3 calls "
                              "(default 60; --quick 4)")
-    parser.add_argument("--inputs", type=_positive, default=4,
+    parser.add_argument("--inputs", type=positive_int, default=4,
                         help="distinct inputs cycled through per batch size, so caches do not flatter (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     args = parser.parse_args(argv)

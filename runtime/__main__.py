@@ -17,19 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_support import ArgumentParser
+from .cli_support import ArgumentParser, positive_int, run_command
 from .errors import UserError
 from .session import PROVIDER_CHOICES, TensorRTOptions
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,8 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     common.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto",
                         help="execution provider (default auto: TensorRT, then CUDA, then CPU)")
-    common.add_argument("--threads", type=_positive, default=None, help="ONNX Runtime threads (default: all cores)")
-    common.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")
+    common.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
+    common.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     common.add_argument("--variant", default=None, help="run vision_model.<VARIANT>.onnx instead of the fp32 file")
     common.add_argument("--trt-fp16", action="store_true", help="TensorRT provider: build an fp16 engine")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -98,19 +88,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

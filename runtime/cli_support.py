@@ -1,9 +1,12 @@
-"""What both command lines share: usage errors as one line on stderr, exit status 2."""
+"""What the command lines share: one-line usage errors, and the mapping of failures to exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
+
+from .errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -12,3 +15,39 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def run_command(action: Callable[[], None], *, debug: bool,
+                failures: dict[type[BaseException], tuple[int, str]] | None = None) -> int:
+    """Run `action` and turn what it raises into an exit status and stderr lines.
+
+    UserError: 2 and one line; `failures` maps other exception types to (status, prefix);
+    Ctrl-C: 130; anything else is a bug: 1 and one line. `debug` re-raises for the traceback.
+    """
+    handlers = {UserError: (2, ""), **(failures or {})}
+    try:
+        action()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        for kind, (status, prefix) in handlers.items():
+            if isinstance(exc, kind):
+                print(f"error: {prefix}{exc}", file=sys.stderr)
+                return status
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import hashlib
 import json
 import os
 import platform
@@ -27,7 +26,7 @@ import torch
 
 from runtime.errors import UserError
 from runtime.preprocess import PREPROCESSOR_CONFIG, ImageSettings, preprocess
-from runtime.session import OnnxModel
+from runtime.session import OnnxModel, sha256_file
 
 from . import __version__
 from .checkpoint import load_pretrained, weight_files
@@ -127,14 +126,6 @@ class Progress:
         took = time.perf_counter() - begun
         note = f"  {detail['note']}" if detail.get("note") else ""
         self.emit(f"[{time.perf_counter() - self.start:6.1f}s] {name:<42} {took:6.1f}s{note}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:
