@@ -58,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from siglip_export.config import DEFAULT_PRESET, PRESETS
     from siglip_export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
     from siglip_export.optimize import DEFAULT_GATES, VARIANTS
+    from siglip_export.triton import add_triton_arguments
 
     parser = ArgumentParser(
         prog="export.py",
@@ -91,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="images for int8-qdq calibration (default: the packaged photos)")
     parser.add_argument("--trt-profile", type=_int_list, default=(1, 8, 64), metavar="MIN,OPT,MAX",
                         help="TensorRT engine batch profile (default 1,8,64)")
+    parser.add_argument("--triton-repo", type=Path, default=None, metavar="DIR",
+                        help="also write a Triton model repository of the published artefacts (--triton-* flags)")
+    add_triton_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="print only errors and the summary table")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
@@ -104,6 +108,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     from siglip_export.pipeline import ExportOptions, run_export, summary_table
+    from siglip_export.triton import check_repo_target, triton_options, write_triton_repo
     from siglip_export.verify import Gate, VerificationError
 
     options = ExportOptions(
@@ -113,9 +118,18 @@ def main(argv=None) -> int:
         calibration_images=args.calibration_images, trt_profile=args.trt_profile,
     )
     result: dict = {}
+    triton = None
 
     def export() -> None:
+        nonlocal triton
+        if args.triton_repo is not None:  # bad Triton flags or target fail before the long export
+            triton = triton_options(args)
+            check_repo_target(args.triton_repo)
         result.update(run_export(options, emit=None if args.quiet else print))
+        if triton is not None:
+            models = write_triton_repo(args.output_dir, args.triton_repo, triton)
+            if not args.quiet:
+                print(f"Triton repository {args.triton_repo}: {', '.join(m.name for m in models)}")
 
     status = run_command(export, debug=args.debug,
                          failures={VerificationError: (3, "parity gate failed, nothing published\n")})

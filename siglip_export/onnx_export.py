@@ -215,4 +215,7 @@ def save_model(model: onnx.ModelProto, path: Path, external_data_threshold: int 
         location=location,
         size_threshold=1024,
     )
+    # onnx creates the data file private (0600); a server running as another user (a Triton
+    # container) must read it like the model: give it the model file's permissions.
+    (path.parent / location).chmod(path.stat().st_mode & 0o777)
     return [location]

@@ -128,6 +128,7 @@ def test_external_data_with_forced_threshold(tmp_path):
     data = tmp_path / "out" / "vision_model.onnx.data"
     assert art["external_data"] == [{"file": "vision_model.onnx.data", "sha256": sha256(data)}]
     assert data.stat().st_size > (tmp_path / "out" / "vision_model.onnx").stat().st_size
+    assert data.stat().st_mode & 0o777 == (tmp_path / "out" / "vision_model.onnx").stat().st_mode & 0o777
     assert art["parity"]["passed"]
     assert OnnxModel(tmp_path / "out" / "vision_model.onnx").run(np.zeros((2, 3, 32, 32), np.float32))
     data.rename(tmp_path / "elsewhere.data")

@@ -1,0 +1,484 @@
+"""A Triton Inference Server model repository from a finished artefact directory.
+
+    write_triton_repo("artifacts", "triton_repo")                  # both towers, ONNX Runtime backend
+    write_triton_repo("artifacts", "triton_repo", tensorrt_accelerator=True, variants=(None, "int8-qdq"))
+
+What it writes (model names are `<prefix>_<tower>[_<variant>]` with `-` as `_`, prefix `siglip` by default):
+
+    triton_repo/
+      siglip_triton.json                   what was served from where (marks the directory as ours)
+      siglip_vision/config.pbtxt           platform "onnxruntime_onnx"
+      siglip_vision/1/model.onnx           a copy of vision_model.onnx
+      siglip_vision/1/vision_model.onnx.data   external weights, under the name model.onnx records
+      siglip_vision_int8_qdq/...           vision_model.int8-qdq.onnx, when variants asks for "int8-qdq"
+      siglip_text/...                      text_model.onnx
+      siglip_vision_trt_fp16/config.pbtxt  platform "tensorrt_plan", for vision_model.fp16.engine
+      siglip_vision_trt_fp16/1/model.plan  (+ vision_model.fp16.engine.json: the GPU / TensorRT it needs)
+
+Every model batches on Triton's side (`max_batch_size`, `dynamic_batching`): the artefacts'
+batch axis is dynamic, so `dims` list the other axes only. Inputs and outputs keep the
+artefact contract's names (`pixel_values` / `input_ids` -> `last_hidden_state`,
+`pooler_output`), so a client written against `runtime` needs no renaming.
+
+The repository is built in a hidden directory beside the target and renamed into place, so
+a server polling the repository never sees half a model; a non-empty directory that is not
+a repository written here (no `siglip_triton.json`) is never replaced.
+
+This module needs neither Triton nor tritonclient: the configs are protobuf text written by
+hand, and the tests parse them with Triton's own schema (tritonclient's `ModelConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.artefacts import MANIFEST, Artefacts
+from runtime.errors import ArtefactError, UserError
+from runtime.session import sha256_file
+
+from . import __version__
+from .pipeline import publish, remove_stale_scratch
+
+REPO_RECORD = "siglip_triton.json"
+VERSION = "1"  # Triton serves the highest numbered version directory; one version per repository
+ONNX_PLATFORM = "onnxruntime_onnx"
+PLAN_PLATFORM = "tensorrt_plan"
+
+# numpy dtype name (as the manifest records it) -> Triton data type.
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "float64": "TYPE_FP64",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "bool": "TYPE_BOOL",
+}
+INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
+TENSORRT_PRECISIONS = ("FP32", "FP16", "INT8")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How the models are served. Validated on construction (UserError naming the value), so a
+    command line can check its flags before a long export runs.
+
+    max_batch_size: the largest batch Triton forms or accepts (engines: at most their profile's max).
+    preferred_batch_sizes: batches the dynamic batcher tries to form; each <= max_batch_size.
+    max_queue_delay_us: how long a request may wait for others to join its batch.
+    instance_count / instance_kind: model copies per device; KIND_AUTO (GPU where there is one),
+        KIND_GPU or KIND_CPU. TensorRT plans always run on KIND_GPU.
+    tensorrt_accelerator: ONNX models run through ONNX Runtime's TensorRT provider (CUDA for the
+        rest), with `tensorrt_precision` ("FP32", "FP16", "INT8": INT8 needs a QDQ variant), an
+        engine cache under `tensorrt_cache_dir/<model>` inside the server, and a batch profile
+        1 .. max_batch_size (opt: the largest preferred size) so one engine covers every batch.
+    variants: which ONNX files to serve: None is `<tower>_model.onnx`, "opt" is
+        `<tower>_model.opt.onnx`, and so on. A tower without a requested variant is left out;
+        a variant no tower has as an ONNX file is an error (OpenVINO IR variants are not served).
+    include_engines: also serve every TensorRT engine the manifest lists, as `tensorrt_plan`.
+    prefix: the first part of every model name.
+    """
+
+    max_batch_size: int = 64
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    max_queue_delay_us: int = 100
+    instance_count: int = 1
+    instance_kind: str = "KIND_AUTO"
+    tensorrt_accelerator: bool = False
+    tensorrt_precision: str = "FP16"
+    tensorrt_workspace_bytes: int = 4 << 30
+    tensorrt_cache_dir: str = "/tmp/siglip_trt_cache"
+    variants: tuple[str | None, ...] = (None,)
+    include_engines: bool = True
+    prefix: str = "siglip"
+    preferred: tuple[int, ...] = field(init=False, repr=False)  # sorted, deduplicated preferred sizes
+
+    def __post_init__(self):
+        # Lists are accepted (a command line builds them); stored as tuples, the options stay hashable.
+        object.__setattr__(self, "preferred_batch_sizes", tuple(self.preferred_batch_sizes))
+        object.__setattr__(self, "variants", tuple(dict.fromkeys(self.variants)))  # in order, once each
+
+        def positive(name, value):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"Triton {name} must be a positive integer, got {value!r}")
+
+        positive("max_batch_size", self.max_batch_size)
+        positive("instance_count", self.instance_count)
+        positive("tensorrt_workspace_bytes", self.tensorrt_workspace_bytes)
+        if isinstance(self.max_queue_delay_us, bool) or not isinstance(self.max_queue_delay_us, int) \
+                or self.max_queue_delay_us < 0:
+            raise UserError(f"Triton max_queue_delay_us must be an integer >= 0, got {self.max_queue_delay_us!r}")
+        for size in self.preferred_batch_sizes:
+            positive("preferred batch size", size)
+            if size > self.max_batch_size:
+                raise UserError(f"Triton preferred batch size {size} exceeds max_batch_size {self.max_batch_size}")
+        object.__setattr__(self, "preferred", tuple(sorted(set(self.preferred_batch_sizes))))
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise UserError(f"Triton instance kind {self.instance_kind!r} is not one of {', '.join(INSTANCE_KINDS)}")
+        if self.tensorrt_precision not in TENSORRT_PRECISIONS:
+            raise UserError(f"TensorRT precision {self.tensorrt_precision!r} is not one of "
+                            f"{', '.join(TENSORRT_PRECISIONS)}")
+        if not _NAME.match(self.prefix or ""):
+            raise UserError(f"Triton model name prefix {self.prefix!r} must be letters, digits, '_' or '-'")
+        if not self.variants:
+            raise UserError("Triton variants is empty: name at least one (None for the plain .onnx files)")
+        for variant in self.variants:
+            if variant is not None and not _NAME.match(str(variant)):
+                raise UserError(f"Triton variant {variant!r} is not a variant name (e.g. opt, int8, fp16)")
+
+
+@dataclass
+class _Model:
+    """One Triton model to write: its name, platform, the files it serves and its signature."""
+
+    name: str
+    platform: str
+    tower: str
+    source: Path  # the .onnx or .engine in the artefact directory
+    sha256: str | None
+    extra_files: list[tuple[str, str | None]]  # (file name beside the model, sha256) e.g. external data
+    inputs: list[dict]
+    outputs: list[dict]
+    variant: str | None = None
+    precision: str | None = None
+    engine_max_batch: int | None = None
+
+
+def _copy_checked(source: Path, target: Path, sha256: str | None) -> None:
+    """Copy contents (not permissions: the server may run as another user) and check the hash."""
+    if not source.is_file():
+        raise ArtefactError(f"{source} is listed in {MANIFEST} but missing")
+    shutil.copyfile(source, target)
+    os.chmod(target, 0o644)
+    if sha256 and sha256_file(target) != sha256:
+        raise ArtefactError(f"{source} does not match the sha256 in {MANIFEST} (modified or truncated)")
+
+
+def _onnx_signature(path: Path) -> dict:
+    """IO signature read from the file itself, for entries whose manifest record lacks it."""
+    import onnx
+
+    from .onnx_export import io_signature
+
+    return io_signature(onnx.load(str(path), load_external_data=False))
+
+
+def _engine_max_batch(entry: dict, engine: Path) -> int | None:
+    """The engine's batch profile maximum: from its manifest entry (`build.profile`) or its
+    `<engine>.json` metadata (`profile`); None when neither records it."""
+    records = [entry, entry.get("build") or {}]
+    meta = engine.with_name(engine.name + ".json")
+    if meta.is_file():
+        try:
+            records.append(json.loads(meta.read_text(encoding="utf-8")))
+        except ValueError as exc:
+            raise ArtefactError(f"{meta} is not valid JSON: {exc}") from None
+    for record in records:
+        profile = record.get("profile")
+        if isinstance(profile, dict) and isinstance(profile.get("max"), int):
+            return profile["max"]
+    return None
+
+
+def _kind(entry: dict) -> str:
+    """'engine' (TensorRT), 'onnx', or 'other' (e.g. an OpenVINO IR variant, which is not served here)."""
+    if entry.get("format") == "tensorrt" or entry["file"].endswith(".engine"):
+        return "engine"
+    return "onnx" if entry["file"].endswith(".onnx") else "other"
+
+
+def _variant_of(entry: dict) -> str | None:
+    """The manifest's variant key; for records without one, from the name: vision_model.int8.onnx -> int8."""
+    if "variant" in entry:
+        return entry["variant"] or None
+    parts = entry["file"].split(".")
+    return parts[1] if len(parts) == 3 else None
+
+
+def plan_models(artefacts: Artefacts, options: TritonOptions) -> list[_Model]:
+    """The models a repository for `artefacts` holds under `options`, in a stable order:
+    requested ONNX variants (each tower in manifest order), then TensorRT engines."""
+    entries = artefacts.manifest["artefacts"]
+    onnx_entries = [e for e in entries if _kind(e) == "onnx"]
+    plain = {e["tower"]: e for e in onnx_entries if _variant_of(e) is None}
+    models: list[_Model] = []
+    for variant in options.variants:
+        chosen = [e for e in onnx_entries if _variant_of(e) == variant]
+        if not chosen:
+            label = variant or "(plain)"
+            other = [e["file"] for e in entries if _variant_of(e) == variant]
+            if other:
+                raise UserError(f"Triton variant {label!r} is {', '.join(other)}: not an ONNX file, so the "
+                                f"onnxruntime backend cannot serve it (TensorRT engines come with include_engines)")
+            have = sorted({_variant_of(e) or "(plain)" for e in onnx_entries})
+            raise UserError(f"no ONNX artefact for Triton variant {label!r} in {artefacts.directory} "
+                            f"(it has: {', '.join(have) or 'nothing'})")
+        for entry in chosen:
+            path = artefacts.directory / entry["file"]
+            signature = entry if entry.get("inputs") and entry.get("outputs") else _onnx_signature(path)
+            models.append(_Model(
+                name=f"{options.prefix}_{entry['tower']}" + (f"_{variant.replace('-', '_')}" if variant else ""),
+                platform=ONNX_PLATFORM, tower=entry["tower"], source=path, sha256=entry.get("sha256"),
+                extra_files=[(d["file"], d.get("sha256")) for d in entry.get("external_data", [])],
+                inputs=signature["inputs"], outputs=signature["outputs"], variant=variant,
+                precision=entry.get("precision"),
+            ))
+    for entry in entries if options.include_engines else []:
+        if _kind(entry) != "engine":
+            continue
+        path = artefacts.directory / entry["file"]
+        precision = re.sub(r"[^A-Za-z0-9]+", "_", str(entry.get("precision") or entry["file"].split(".")[1]))
+        # An engine computes what its source ONNX computes; where the manifest does not record
+        # the engine's own IO, the tower's plain export does.
+        signature = entry if entry.get("inputs") and entry.get("outputs") else plain.get(entry["tower"])
+        if signature is None:
+            raise ArtefactError(f"{entry['file']}: {MANIFEST} records no inputs/outputs for it or its tower")
+        # Beside the plan: its metadata (`<engine>.json`: the GPU and TensorRT version it was built
+        # for), so an operator can check it against the server's before Triton fails obscurely.
+        extra = [(d["file"], d.get("sha256")) for d in entry.get("external_data", [])]
+        metadata = path.with_name(path.name + ".json")
+        if metadata.is_file() and metadata.name not in [name for name, _ in extra]:
+            extra.append((metadata.name, None))
+        models.append(_Model(
+            name=f"{options.prefix}_{entry['tower']}_trt_{precision}", platform=PLAN_PLATFORM,
+            tower=entry["tower"], source=path, sha256=entry.get("sha256"), extra_files=extra,
+            inputs=signature["inputs"], outputs=signature["outputs"], variant=_variant_of(entry),
+            precision=precision, engine_max_batch=_engine_max_batch(entry, path),
+        ))
+    names = [m.name for m in models]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ArtefactError(f"two artefacts in {artefacts.directory} map to the Triton model name {duplicate!r}")
+    return models
+
+
+# --- config.pbtxt ---------------------------------------------------------------------------
+
+def _tensor_block(kind: str, tensors: list[dict], source: Path) -> list[str]:
+    lines = [f"{kind} ["]
+    for i, tensor in enumerate(tensors):
+        shape = tensor["shape"]
+        if not shape or not isinstance(shape[0], str):
+            raise ArtefactError(f"{source.name}: {tensor['name']} has no symbolic batch axis (shape {shape}); "
+                                f"Triton's batching needs one")
+        if tensor["dtype"] not in TRITON_DTYPES:
+            raise ArtefactError(f"{source.name}: {tensor['name']} has dtype {tensor['dtype']}, which Triton lacks")
+        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape[1:])  # -1: variable
+        lines += [
+            "  {",
+            f'    name: "{tensor["name"]}"',
+            f"    data_type: {TRITON_DTYPES[tensor['dtype']]}",
+            f"    dims: [ {dims} ]",
+            "  }" + ("," if i < len(tensors) - 1 else ""),
+        ]
+    return lines + ["]"]
+
+
+def _profile_shapes(model: _Model, batch: int) -> str:
+    """ONNX Runtime's TensorRT profile syntax: `name:BxCxHxW` for every input."""
+    return ",".join(f"{t['name']}:" + "x".join(str(d) for d in [batch, *t["shape"][1:]]) for t in model.inputs)
+
+
+def config_text(model: _Model, options: TritonOptions) -> str:
+    """The model's config.pbtxt (protobuf text format of Triton's ModelConfig)."""
+    max_batch = options.max_batch_size
+    if model.engine_max_batch is not None:
+        max_batch = min(max_batch, model.engine_max_batch)
+    preferred = [b for b in options.preferred if b <= max_batch]
+    kind = "KIND_GPU" if model.platform == PLAN_PLATFORM else options.instance_kind
+    lines = [
+        f"# Written by siglip-export {__version__} from {model.source.name}"
+        + (f" (sha256 {model.sha256[:16]}...)" if model.sha256 else ""),
+        f'name: "{model.name}"',
+        f'platform: "{model.platform}"',
+        f'default_model_filename: "{"model.plan" if model.platform == PLAN_PLATFORM else "model.onnx"}"',
+        f"max_batch_size: {max_batch}",
+    ]
+    lines += _tensor_block("input", model.inputs, model.source)
+    lines += _tensor_block("output", model.outputs, model.source)
+    lines += ["dynamic_batching {"]
+    if preferred:
+        lines += [f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]"]
+    lines += [f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}"]
+    lines += ["instance_group [", "  {", f"    count: {options.instance_count}", f"    kind: {kind}", "  }", "]"]
+    concrete = all(isinstance(d, int) for t in model.inputs for d in t["shape"][1:])
+    if options.tensorrt_accelerator and model.platform == ONNX_PLATFORM:
+        opt = preferred[-1] if preferred else max_batch
+        parameters = {
+            "precision_mode": options.tensorrt_precision,
+            "max_workspace_size_bytes": str(options.tensorrt_workspace_bytes),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": f"{options.tensorrt_cache_dir.rstrip('/')}/{model.name}",
+        }
+        if concrete:  # one profile over the batch range Triton sends: no engine rebuild per new batch size
+            parameters.update(trt_profile_min_shapes=_profile_shapes(model, 1),
+                              trt_profile_opt_shapes=_profile_shapes(model, opt),
+                              trt_profile_max_shapes=_profile_shapes(model, max_batch))
+        lines += ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator [", "      {",
+                  '        name: "tensorrt"']
+        lines += [f'        parameters {{ key: "{k}" value: "{v}" }}' for k, v in parameters.items()]
+        lines += ["      }", "    ]", "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- the repository -------------------------------------------------------------------------
+
+def check_repo_target(repo_dir: str | os.PathLike) -> Path:
+    """Raise UserError unless `repo_dir` can be (re)placed: absent, empty, or a repository written here."""
+    repo = Path(repo_dir)
+    if repo.exists() and not repo.is_dir():
+        raise UserError(f"Triton repository path {repo} is a file, not a directory")
+    if repo.is_dir() and any(repo.iterdir()) and not (repo / REPO_RECORD).is_file():
+        raise UserError(f"Triton repository {repo} exists, is not empty and was not written by siglip-export "
+                        f"(no {REPO_RECORD}); choose another directory or empty it")
+    return repo
+
+
+def write_triton_repo(artefact_dir: str | os.PathLike, repo_dir: str | os.PathLike,
+                      options: TritonOptions | None = None, **kwargs) -> list[Path]:
+    """Write a Triton model repository serving the artefacts in `artefact_dir`; returns the model directories.
+
+    Options come as a `TritonOptions` or as its fields by keyword (not both). Bad input raises
+    UserError naming the value; a missing, modified or truncated artefact raises ArtefactError.
+    An earlier repository written here is replaced whole; nothing is changed when anything fails.
+    """
+    if options is not None and kwargs:
+        raise TypeError("pass either a TritonOptions or its fields as keywords, not both")
+    options = options or TritonOptions(**kwargs)
+    source = Path(artefact_dir)
+    if not source.is_dir():
+        raise UserError(f"artefact directory not found: {source}" if not source.exists()
+                        else f"artefact path {source} is not a directory")
+    artefacts = Artefacts(source)
+    models = plan_models(artefacts, options)
+    repo = check_repo_target(repo_dir)
+    try:
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_scratch(repo)
+        # The scratch name follows siglip_export.pipeline's, so remove_stale_scratch clears one a
+        # killed run left behind.
+        scratch = repo.parent / f".{repo.name}.tmp-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+    except OSError as exc:
+        raise UserError(f"Triton repository {repo} is not writable: {exc.strerror or exc}") from None
+    try:
+        record = []
+        for model in models:
+            version_dir = scratch / model.name / VERSION
+            version_dir.mkdir(parents=True)
+            filename = "model.plan" if model.platform == PLAN_PLATFORM else "model.onnx"
+            _copy_checked(model.source, version_dir / filename, model.sha256)
+            # External data is found by the file name recorded inside the .onnx, relative to it:
+            # keep that exact name (e.g. vision_model.onnx.data) beside model.onnx.
+            for name, sha256 in model.extra_files:
+                _copy_checked(artefacts.directory / name, version_dir / name, sha256)
+            (scratch / model.name / "config.pbtxt").write_text(config_text(model, options))
+            record.append({"name": model.name, "platform": model.platform, "tower": model.tower,
+                           "variant": model.variant, "precision": model.precision,
+                           "source": model.source.name, "sha256": model.sha256,
+                           "files": [filename] + [name for name, _ in model.extra_files]})
+        (scratch / REPO_RECORD).write_text(json.dumps({
+            "format": "siglip-export-triton/1",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "artefact_dir": str(source.resolve()),
+            "manifest_created": artefacts.manifest.get("created"),
+            "options": {k: v for k, v in options.__dict__.items() if k != "preferred"},
+            "models": record,
+        }, indent=2) + "\n")
+        publish(scratch, repo)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+    return [repo / model.name for model in models]
+
+
+# --- command line ---------------------------------------------------------------------------
+# The flags live here, next to the options they set, so `export.py --triton-repo DIR` and
+# `python -m siglip_export.triton ARTEFACTS DIR` (for an export that already exists) share them.
+
+def _batch_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated batch sizes (empty: none); TritonOptions checks their range."""
+    import argparse
+
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+
+
+def add_triton_arguments(parser) -> None:
+    """The --triton-* flags (all but --triton-repo) on an argparse parser."""
+    from runtime.cli_support import positive_int
+
+    group = parser.add_argument_group("Triton model repository")
+    group.add_argument("--triton-max-batch", type=positive_int, default=64, metavar="N",
+                       help="max_batch_size of every model (default 64; a TensorRT engine: at most its profile's max)")
+    group.add_argument("--triton-preferred-batch", type=_batch_list, default=(8, 16, 32), metavar="8,16,32",
+                       help="batch sizes the dynamic batcher prefers to form (default 8,16,32; empty: none)")
+    group.add_argument("--triton-queue-delay-us", type=int, default=100, metavar="US",
+                       help="how long a request may wait for others to batch with, microseconds (default 100)")
+    group.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
+                       help="model instances per device (default 1)")
+    group.add_argument("--triton-kind", choices=("auto", "gpu", "cpu"), default="auto",
+                       help="where instances run: auto (GPU if there is one), gpu or cpu (default auto)")
+    group.add_argument("--triton-tensorrt", action="store_true",
+                       help="run the ONNX models through ONNX Runtime's TensorRT execution provider")
+    group.add_argument("--triton-tensorrt-precision", choices=("fp32", "fp16", "int8"), default="fp16",
+                       help="precision for --triton-tensorrt (default fp16; int8 needs a QDQ variant)")
+    group.add_argument("--triton-variants", default="plain", metavar="plain,opt,...",
+                       help="ONNX files to serve: plain (<tower>_model.onnx) and/or variant names (default plain)")
+    group.add_argument("--no-triton-engines", action="store_true",
+                       help="leave out the TensorRT engines the export built (served as tensorrt_plan by default)")
+    group.add_argument("--triton-prefix", default="siglip", metavar="NAME",
+                       help="first part of every model name (default siglip: siglip_vision, siglip_text, ...)")
+
+
+def triton_options(args) -> TritonOptions:
+    """TritonOptions from parsed --triton-* flags (UserError naming a bad value)."""
+    variants = [v.strip() for v in args.triton_variants.split(",") if v.strip()]
+    return TritonOptions(
+        max_batch_size=args.triton_max_batch, preferred_batch_sizes=args.triton_preferred_batch,
+        max_queue_delay_us=args.triton_queue_delay_us, instance_count=args.triton_instances,
+        instance_kind=f"KIND_{args.triton_kind.upper()}", tensorrt_accelerator=args.triton_tensorrt,
+        tensorrt_precision=args.triton_tensorrt_precision.upper(),
+        variants=tuple(None if v == "plain" else v for v in variants),
+        include_engines=not args.no_triton_engines, prefix=args.triton_prefix,
+    )
+
+
+def main(argv=None) -> int:
+    """`python -m siglip_export.triton ARTEFACTS REPO [--triton-* flags]`: exit 0 written, 2 bad input."""
+    from runtime.cli_support import ArgumentParser, run_command
+
+    parser = ArgumentParser(prog="python -m siglip_export.triton",
+                            description="Write a Triton Inference Server model repository from an artefact "
+                            "directory written by export.py.")
+    parser.add_argument("artefacts", type=Path, help="artefact directory (with manifest.json)")
+    parser.add_argument("repo", type=Path, help="model repository to write (replaced whole if written here before)")
+    add_triton_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    def write():
+        for model_dir in write_triton_repo(args.artefacts, args.repo, triton_options(args)):
+            print(model_dir)
+
+    return run_command(write, debug=args.debug)
+
+
+__all__ = ["REPO_RECORD", "TRITON_DTYPES", "TritonOptions", "add_triton_arguments", "check_repo_target",
+           "config_text", "main", "plan_models", "triton_options", "write_triton_repo"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
