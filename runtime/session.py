@@ -17,12 +17,14 @@ silent fall back to the CPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,24 @@ def _import_ort():
         import onnxruntime
     except ImportError as exc:  # a broken install, reported plainly
         raise ArtefactError(f"onnxruntime is not importable ({exc}); install onnxruntime or onnxruntime-gpu") from None
+    _warn_if_both_wheels()
     return onnxruntime
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_if_both_wheels() -> None:
+    """onnxruntime and onnxruntime-gpu overwrite each other's files: say so once if both are installed."""
+    from importlib import metadata
+
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            installed.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    if len(installed) == 2:
+        warnings.warn(f"both {installed[0]} and {installed[1]} are installed and overwrite each other's files; "
+                      f"run: pip uninstall -y onnxruntime onnxruntime-gpu, then install one of them", stacklevel=3)
 
 
 @dataclass(frozen=True)
