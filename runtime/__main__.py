@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="execution provider (default auto: TensorRT, then CUDA, then CPU)")
     common.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
     common.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
-    common.add_argument("--variant", default=None, help="run vision_model.<VARIANT>.onnx instead of the fp32 file")
+    common.add_argument("--variant", default=None, help="run the image tower's variant (vision_model.<VARIANT>.onnx / .xml / .engine); classify uses the "
+                        "text tower's variant too when the export has one")
     common.add_argument("--trt-fp16", action="store_true", help="TensorRT provider: build an fp16 engine")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -84,6 +84,13 @@ class Artefacts:
             raise ArtefactError(f"{path} is listed in {MANIFEST} but missing")
         return path
 
+    def has_variant(self, tower: str, variant: str) -> bool:
+        try:
+            self.model_file(tower, variant)
+        except ArtefactError:
+            return False
+        return True
+
     def entry(self, path: Path) -> dict:
         """The manifest's record of a model file ({} for a lone file)."""
         return next((a for a in self.manifest.get("artefacts", []) if a["file"] == Path(path).name), {})

@@ -132,7 +132,12 @@ class ZeroShotClassifier:
             raise InputError(f"template must contain '{{}}' where the label goes, got {template!r}")
         self.logit_scale, self.logit_bias = artefacts.logit_parameters()
         self.template = template
-        self.text = TextEncoder(artefacts, **kwargs)
+        # A variant applies to the image tower; the text tower uses the same variant when the
+        # export has one for it (int8-qdq and engines are image-only), else its fp32 file.
+        text_kwargs = dict(kwargs)
+        if kwargs.get("variant") and not artefacts.has_variant("text", kwargs["variant"]):
+            text_kwargs["variant"] = None
+        self.text = TextEncoder(artefacts, **text_kwargs)
         self.images = ImageEncoder(artefacts, **kwargs)
 
     def probabilities(self, images: Sequence, labels: Sequence[str]) -> np.ndarray:

@@ -136,7 +136,7 @@ class TensorRTEngine:
         with self._lock:
             self.context.set_input_shape(self.input_name, x.shape)
             _check(cudart.cudaMemcpyAsync(self.buffers[self.input_name], x.ctypes.data, x.nbytes, h2d, self.stream))
-            if not self.context.execute_async_v3(self.stream):
+            if not self.context.execute_async_v3(int(self.stream)):  # TensorRT takes the raw stream handle
                 raise RuntimeError(f"TensorRT execution failed for {self.path.name}")
             outputs = {}
             for name in self.output_names:

@@ -194,3 +194,14 @@ def test_bad_variant_flags_exit_2(args, message, tmp_path, capsys):
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_artefacts_know_which_tower_has_which_variant(exported):
+    from runtime.artefacts import Artefacts
+
+    out, manifest = exported
+    artefacts = Artefacts(out)
+    assert artefacts.has_variant("vision", "int8") and artefacts.has_variant("text", "int8")
+    assert not artefacts.has_variant("text", "int8-qdq")  # image-only: the classifier's text side stays fp32
+    engine_built = any(a["variant"] == "trt-fp16" for a in manifest["artefacts"])  # only with TensorRT and a GPU
+    assert artefacts.has_variant("vision", "trt-fp16") == engine_built
