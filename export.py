@@ -15,7 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
-from runtime.cli_support import ArgumentParser, positive_int, run_command
+from runtime.cli_support import ArgumentParser, non_negative_int, positive_int, run_command
+from runtime.errors import UserError
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -80,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--verify-batch-sizes", type=_int_list, default=(1, 3, 8), metavar="1,3,8",
                         help="batch sizes the parity gate runs (default 1,3,8)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and random inputs (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for random weights and random inputs (default 0)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime threads during verification (default: all cores)")
     parser.add_argument("--variants", type=_variants, default=(), metavar="opt,int8,...",
@@ -107,8 +108,8 @@ def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C so the scratch dir
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    from siglip_export.pipeline import ExportOptions, run_export, summary_table
-    from siglip_export.triton import check_repo_target, triton_options, write_triton_repo
+    from siglip_export.pipeline import ExportOptions, run_export
+    from siglip_export.triton import write_triton_repo
     from siglip_export.verify import Gate, VerificationError
 
     options = ExportOptions(
@@ -118,32 +119,51 @@ def main(argv=None) -> int:
         calibration_images=args.calibration_images, trt_profile=args.trt_profile,
     )
     result: dict = {}
-    triton = None
 
     def export() -> None:
-        nonlocal triton
-        if args.triton_repo is not None:  # bad Triton flags or target fail before the long export
-            triton = triton_options(args)
-            check_repo_target(args.triton_repo)
+        triton = check_triton_request(args) if args.triton_repo is not None else None  # before the long export
         result.update(run_export(options, emit=None if args.quiet else print))
+        report(result, args.output_dir)
         if triton is not None:
-            models = write_triton_repo(args.output_dir, args.triton_repo, triton)
+            try:
+                models = write_triton_repo(args.output_dir, args.triton_repo, triton)
+            except UserError as exc:
+                raise UserError(f"the export was published, but the Triton repository was not written: {exc}") from None
             if not args.quiet:
                 print(f"Triton repository {args.triton_repo}: {', '.join(m.name for m in models)}")
 
-    status = run_command(export, debug=args.debug,
-                         failures={VerificationError: (3, "parity gate failed, nothing published\n")})
-    if status:
-        return status
-    manifest = result
-    print(summary_table(manifest, args.output_dir))
+    return run_command(export, debug=args.debug,
+                       failures={VerificationError: (3, "parity gate failed, nothing published\n")})
+
+
+def check_triton_request(args):
+    """Triton options, checked before exporting: flags, target directory, and variants the export will make."""
+    from siglip_export.publication import is_within
+    from siglip_export.triton import check_repo_target, triton_options
+
+    options = triton_options(args)
+    check_repo_target(args.triton_repo)
+    if is_within(args.triton_repo, args.output_dir) or is_within(args.output_dir, args.triton_repo):
+        raise UserError(f"--triton-repo {args.triton_repo} and --output-dir {args.output_dir} must not contain "
+                        f"each other (each is replaced whole)")
+    missing = [v for v in options.variants if v is not None and v not in args.variants]
+    if missing:
+        raise UserError(f"--triton-variants asks for {missing[0]!r}, which --variants does not build")
+    return options
+
+
+def report(manifest: dict, output_dir: Path) -> None:
+    """The summary table, then a warning per rejected variant and for random weights."""
+    from siglip_export.pipeline import summary_table
+
+    print(summary_table(manifest, output_dir))
     for art in manifest["rejected"]:
         reason = art["reason"] if "accuracy" not in art else (
-            f"min cosine {art['accuracy']['pooler_output_min_cosine']:.6f} below its gate {art['parity']['gate']['min_cosine']}")
+            f"min cosine {art['accuracy']['pooler_output_min_cosine']:.6f} below its gate "
+            f"{art['parity']['gate']['min_cosine']}")
         print(f"WARNING: {art['file']} not published: {reason}")
     if manifest["source"].get("random_weights"):
         print(f"\nWARNING: {manifest['source']['warning']}")
-    return 0
 
 
 if __name__ == "__main__":

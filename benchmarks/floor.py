@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 
-CPU_PRECISIONS = ("fp32", "int8", "fp16", "bf16")
 CUDA_PRECISIONS = ("cuda-fp32", "cuda-fp16", "cuda-bf16")
 METHODS = {
     "fp32": "onnxruntime CPU MatMul (float32)",

@@ -53,11 +53,6 @@ def _has(config: Any, name: str) -> bool:
     return name in config if isinstance(config, Mapping) else hasattr(config, name)
 
 
-def vision_gflops(config: Any) -> float:
-    """GFLOP per image (1e9 FLOPs)."""
-    return vision_flops(config)["total"] / 1e9
-
-
 def gemm_shapes(config: Any) -> dict[str, int]:
     """The dimensions the floor's GEMMs use: tokens per image, hidden and intermediate size."""
     return {

@@ -278,7 +278,7 @@ def plan_backends(backends: list[str], manifest: dict, directory: Path, gpu: str
                         reason = f"this onnxruntime build has no CUDAExecutionProvider (has: {', '.join(ort_providers)})"
                     elif no_gpu:
                         reason = no_gpu
-                    elif "int8" in _entry_precision(entry):
+                    elif _entry_precision(entry) == "int8" and entry.get("variant") != "int8-qdq":
                         reason = "int8 (dynamic quantisation) is a CPU artefact: its integer ops are not CUDA kernels"
                 add(backend, entry["file"], _entry_precision(entry), reason, directory / entry["file"])
         elif backend in ("ort-tensorrt", "ort-tensorrt-fp16"):
@@ -631,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.artefacts.is_dir():
             raise UsageError(f"artefact directory {args.artefacts} not found: run `python export.py` first "
                              f"(or pass --artefacts DIR)")
+        for flag, path in (("--json", args.json), ("--plot", args.plot)):  # before minutes of measuring
+            if path is not None and (path.is_dir() or (path.parent.exists() and not os.access(path.parent, os.W_OK))):
+                raise UsageError(f"{flag} {path} cannot be written (a directory, or in a read-only directory)")
         result = benchmark(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

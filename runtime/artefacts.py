@@ -49,9 +49,13 @@ class Artefacts:
                 raise ArtefactError(f"{self.directory} has no {MANIFEST}: not an artefact directory written by export.py")
             try:
                 self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
-                self.manifest["artefacts"]
+                entries = self.manifest["artefacts"]
+                if not isinstance(entries, list) or not all(
+                        isinstance(a, dict) and isinstance(a.get("file"), str) and a.get("tower") in TOWER_FILES
+                        for a in entries):
+                    raise TypeError("'artefacts' must be a list of {file, tower} records")
             except (ValueError, KeyError, TypeError) as exc:
-                raise ArtefactError(f"{manifest} is not a valid manifest: {exc!r}") from None
+                raise ArtefactError(f"{manifest} is not a valid manifest: {exc}") from None
         elif source.suffix != ".onnx":
             raise ArtefactError(f"{source} is neither an artefact directory nor an .onnx file")
 

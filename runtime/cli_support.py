@@ -28,6 +28,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def run_command(action: Callable[[], None], *, debug: bool,
                 failures: dict[type[BaseException], tuple[int, str]] | None = None) -> int:
     """Run `action` and turn what it raises into an exit status and stderr lines.

@@ -43,7 +43,13 @@ class _Encoder:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.artefacts = _artefacts(source)
+        if variant and self.artefacts.single_file:
+            raise InputError(f"variant {variant!r} needs an artefact directory; {self.artefacts.single_file} is one file")
         path = self.artefacts.model_file(self.tower, variant)
+        runs_on = {".engine": "tensorrt", ".xml": "cpu"}.get(path.suffix)
+        if runs_on and provider not in ("auto", runs_on):
+            raise InputError(f"{path.name} runs on {'TensorRT (GPU)' if runs_on == 'tensorrt' else 'OpenVINO (CPU)'}; "
+                             f"provider {provider!r} does not apply (use auto or {runs_on})")
         if path.suffix == ".engine":
             from .tensorrt_engine import TensorRTEngine
 

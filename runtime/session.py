@@ -150,7 +150,7 @@ def _tensorrt_provider_options(model_path: Path, input_name: str, input_shape: t
 
 @contextlib.contextmanager
 def _ort_quiet(ort):
-    """Provider libraries that fail to load log at error level; `auto` expects that on CPU hosts."""
+    """ORT logs provider libraries that fail to load at error level, on stderr; we report instead."""
     ort.set_default_logger_severity(4)
     try:
         yield
@@ -214,8 +214,7 @@ class OnnxModel:
         if TENSORRT in wanted:
             self._read_signature(self._create(ort, options, [CPU]))
         requested = [self._provider_entry(name) for name in wanted]
-        quiet = _ort_quiet(ort) if provider == "auto" else contextlib.nullcontext()
-        with quiet:
+        with _ort_quiet(ort):  # a provider that fails to start is reported below, in one line
             self.session = self._create(ort, options, requested)
         self._read_signature(self.session)
         active = self.session.get_providers()
@@ -245,6 +244,9 @@ class OnnxModel:
                 f"provider {provider!r} is not in this onnxruntime build (available: {', '.join(available)}); "
                 f"install onnxruntime-gpu"
             )
+        if not nvidia_driver_present():  # fail here, before ORT logs its own library errors
+            raise ProviderError(f"provider {provider!r} needs an NVIDIA GPU, and this machine has no NVIDIA driver; "
+                                f"use --provider cpu or auto")
         return [TENSORRT, CUDA, CPU] if provider == "tensorrt" else [CUDA, CPU]
 
     def _provider_entry(self, name: str):

@@ -53,7 +53,7 @@ def check_compatible(meta: dict, tensorrt_version: str, gpu_name: str, compute_c
         )
 
 
-def _cudart():
+def load_cudart():
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
@@ -74,7 +74,7 @@ def _check(result):
 
 def device_identity(device_id: int = 0) -> tuple[str, str]:
     """(GPU name, compute capability 'major.minor') of a CUDA device."""
-    cudart = _cudart()
+    cudart = load_cudart()
     props = _check(cudart.cudaGetDeviceProperties(device_id))
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     return name.rstrip("\x00"), f"{props.major}.{props.minor}"
@@ -96,7 +96,7 @@ class TensorRTEngine:
             import tensorrt as trt
         except ImportError:
             raise ProviderError("native TensorRT engines need the tensorrt package: pip install -e '.[tensorrt]'") from None
-        cudart = self._cudart = _cudart()
+        cudart = self._cudart = load_cudart()
         _check(cudart.cudaSetDevice(device_id))
         gpu, capability = device_identity(device_id)
         check_compatible(self.metadata, trt.__version__, gpu, capability, self.path.name)

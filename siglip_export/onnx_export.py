@@ -35,9 +35,9 @@ MIN_OPSET = 17
 # ONNX Runtime 1.20 / TensorRT 10 may not read above 21, so 18 stays the default.
 MAX_OPSET = 23
 BATCH = "batch"
-# Protobuf cannot serialise a message over 2 GiB; stay clear of it (the graph adds a little).
-PROTOBUF_LIMIT = 2**31 - 1
-DEFAULT_EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers above which weights go beside the model
+# Bytes of initializers above which weights go beside the model: protobuf cannot serialise a
+# message over 2 GiB, and the graph itself adds a little.
+DEFAULT_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
 
@@ -89,9 +89,11 @@ def example_input(spec: TowerSpec, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporter prints progress and emits warnings on every call; keep our own output readable."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+def quiet(*logger_names: str):
+    """Exporters, optimisers and quantisers print and warn freely; keep the pipeline's output readable.
+
+    Silences the root logger and the named ones, warnings and stdout for the duration."""
+    loggers = [logging.getLogger(n) for n in ("", *logger_names)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -119,7 +121,7 @@ def export_tower(
         m.fused_attn = False
     batch = torch.export.Dim(BATCH, min=1, max=4096)
     try:
-        with torch.no_grad(), _quiet_exporter():
+        with torch.no_grad(), quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
             program = torch.onnx.export(
                 tower.eval(),
                 (example_input(spec, batch=2),),
@@ -140,18 +142,24 @@ def export_tower(
 
 
 def name_batch_axis(model: onnx.ModelProto, spec: TowerSpec) -> None:
-    """Make axis 0 of the input and both outputs the symbolic `batch`, and check the rest is concrete."""
+    """Check the exported graph's input and output names, and name their axis 0 `batch`."""
     ios = [i for i in model.graph.input if i.name == spec.input_name] + list(model.graph.output)
     if [i.name for i in ios] != [spec.input_name, *OUTPUT_NAMES]:
         raise ExportError(
             f"exported graph has inputs {[i.name for i in model.graph.input]} and outputs "
             f"{[o.name for o in model.graph.output]}, expected {spec.input_name} -> {list(OUTPUT_NAMES)}"
         )
-    for value in ios:
-        dims = value.type.tensor_type.shape.dim
-        if dims[0].dim_value:
-            raise ExportError(f"{value.name}: batch axis exported as the constant {dims[0].dim_value}")
-        dims[0].dim_param = BATCH
+    ensure_batch_axis(model, spec.input_name)
+
+
+def ensure_batch_axis(model: onnx.ModelProto, input_name: str) -> None:
+    """Make axis 0 of the input and every output the symbolic `batch` (tools that rewrite graphs
+    sometimes rename it); a constant there is an error."""
+    for value in [*(i for i in model.graph.input if i.name == input_name), *model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        if dim.dim_value:
+            raise ExportError(f"{value.name}: the batch axis became the constant {dim.dim_value}")
+        dim.dim_param = BATCH
 
 
 def batch_axis_is_symbolic(model: onnx.ModelProto) -> list[str]:

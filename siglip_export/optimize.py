@@ -17,18 +17,13 @@ that did not happen) raises `VariantFailed`.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
 
-from .onnx_export import BATCH, ExportError
+from .onnx_export import ExportError, quiet
 
 VARIANTS = ("opt", "int8", "int8-qdq", "fp16", "ov-bf16", "trt-fp16")
 # Minimum row cosine of pooler_output against the fp32 eager model.
@@ -48,19 +43,6 @@ class VariantSkipped(Exception):
 
 class VariantFailed(Exception):
     """The variant was built but is structurally wrong (e.g. a fusion did not happen)."""
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ORT's optimizer and quantizer log and print freely; keep the pipeline's output readable."""
-    level = logging.root.level
-    logging.root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.root.setLevel(level)
 
 
 def op_counts(model: onnx.ModelProto) -> Counter:
@@ -84,20 +66,15 @@ def simplify_portable(path: Path) -> onnx.ModelProto:
     return model
 
 
-def ensure_batch_axis(model: onnx.ModelProto, input_name: str) -> None:
-    """Tools that rewrite graphs sometimes rename the symbolic batch axis; put `batch` back."""
-    for value in [*(i for i in model.graph.input if i.name == input_name), *model.graph.output]:
-        dim = value.type.tensor_type.shape.dim[0]
-        if dim.dim_value:
-            raise ExportError(f"{value.name}: the batch axis became the constant {dim.dim_value}")
-        dim.dim_param = BATCH
+GELU_OPS = ("FastGelu", "BiasGelu", "Gelu")  # ORT fuses the tanh GELU to FastGelu below opset 20,
+# and the native Gelu that opset 20+ exports to BiasGelu
 
 
 def _expected_fusions(config, tower: str) -> dict[str, int]:
     layers = config.num_hidden_layers
-    # Two residual adds + norms per layer; FastGelu per MLP (the image tower's pooling head has one more).
+    # Two residual adds + norms per layer; one GELU per MLP (the image tower's pooling head has one more).
     return {"Attention": layers, "SkipLayerNormalization": 2 * layers,
-            "FastGelu": layers + (1 if tower == "vision" else 0)}
+            "GELU": layers + (1 if tower == "vision" else 0)}
 
 
 def build_opt(raw_path: Path, config, tower: str) -> tuple[onnx.ModelProto, dict]:
@@ -109,19 +86,20 @@ def build_opt(raw_path: Path, config, tower: str) -> tuple[onnx.ModelProto, dict
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with _quiet():
+    with quiet():
         optimized = optimize_model(str(raw_path), model_type="clip", num_heads=config.num_attention_heads,
                                    hidden_size=config.hidden_size, opt_level=0)
     model = optimized.model
     if not any(o.domain == "com.microsoft" for o in model.opset_import):  # save_model_to_file would add it
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     counts = op_counts(model)
+    counts["GELU"] = sum(counts[op] for op in GELU_OPS)
     expected = _expected_fusions(config, tower)
     fused = {op: counts[op] for op in expected}
     missing = {op: (fused[op], n) for op, n in expected.items() if fused[op] != n}
     if missing:
         raise VariantFailed("fusion incomplete: " + ", ".join(f"{op} {got} of {want}" for op, (got, want) in missing.items()))
-    return model, {"fused_ops": fused}
+    return model, {"fused_ops": {**fused, **{op: counts[op] for op in GELU_OPS if counts[op]}}}
 
 
 def build_int8(opt_path: Path, out_path: Path, config) -> dict:
@@ -132,7 +110,7 @@ def build_int8(opt_path: Path, out_path: Path, config) -> dict:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet():
+    with quiet():
         quantize_dynamic(str(opt_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True)
     counts = op_counts(onnx.load(str(out_path), load_external_data=False))
     if counts["QAttention"] != config.num_hidden_layers:
@@ -161,11 +139,16 @@ def build_int8_qdq(plain_path: Path, out_path: Path, input_name: str, calibratio
     The patch-embedding Conv stays in float too: its input is the raw pixels, whose per-tensor
     range calibrated on photos clips other inputs (measured on the base model, random weights:
     pooler cosine 0.970 with it quantised, 0.9993 without, on photos and on noise)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     if not calibration:
         raise VariantFailed("no calibration images")
-    with _quiet():
+    with quiet():
         quantize_static(str(plain_path), str(out_path), _Calibration(input_name, calibration),
                         quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=["MatMul"],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -184,7 +167,7 @@ def build_fp16(plain_path: Path) -> tuple[onnx.ModelProto, dict]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     blocked = ["LayerNormalization", "Softmax"]
-    with _quiet():
+    with quiet():
         model = convert_float_to_float16(onnx.load(str(plain_path)), keep_io_types=True, op_block_list=blocked)
     # The converter inserts one Cast per use of a shared fp32 tensor, all identical; keep one.
     seen, unique = set(), []
@@ -207,6 +190,6 @@ def build_openvino(plain_path: Path, out_xml: Path) -> dict:
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" not in capabilities:
         raise VariantSkipped(f"this CPU has no bf16 support in OpenVINO (capabilities: {', '.join(capabilities)})")
-    with _quiet():
+    with quiet():
         ov.save_model(ov.convert_model(str(plain_path)), str(out_xml), compress_to_fp16=False)
     return {"openvino": ov.get_version(), "inference_precision": "bf16"}

@@ -7,10 +7,8 @@ file under the final names, and a failed run leaves an earlier good export untou
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
-import os
 import platform
 import shutil
 import sys
@@ -39,6 +37,7 @@ from .onnx_export import (
     ExportError,
     batch_axis_is_symbolic,
     check_opset,
+    ensure_batch_axis,
     export_tower,
     io_signature,
     save_model,
@@ -57,10 +56,16 @@ from .optimize import (
     build_int8_qdq,
     build_openvino,
     build_opt,
-    ensure_batch_axis,
     simplify_portable,
 )
-from .tensorrt_build import build_engine
+from .publication import (
+    check_replaceable,
+    is_within,
+    make_scratch,
+    publish,
+    resolve_target,
+)
+from .tensorrt_build import build_engine, tensorrt_available
 from .verify import (
     PHOTO_SUFFIXES,
     PHOTOS_DIR,
@@ -140,71 +145,23 @@ def tool_versions() -> dict[str, str]:
 
 # --- publication ------------------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
+def owned_by_manifest(directory: Path) -> set[str]:
+    """The names an earlier export's manifest accounts for (empty when it cannot be read)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _scratch_name(target: Path, kind: str, pid: int) -> Path:
-    return target.parent / f".{target.name}.{kind}-{pid}"
-
-
-def remove_stale_scratch(target: Path) -> None:
-    """Remove temporary directories that runs killed earlier left beside `target`."""
-    for kind in ("tmp", "old"):
-        for path in target.parent.glob(f".{target.name}.{kind}-*"):
-            pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        names = set(manifest.get("files", []))
+        for art in manifest.get("artefacts", []):
+            names.add(art["file"])
+            names.update(d["file"] for d in art.get("external_data", []))
+        return names
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return set()
 
 
 def prepare_output(target: Path) -> Path:
     """Check the target can be replaced and create the scratch directory beside it."""
-    if target.exists() and not target.is_dir():
-        raise UserError(f"output path {target} is a file, not a directory")
-    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).is_file():
-        raise UserError(
-            f"output directory {target} exists and is not a siglip-export artefact directory "
-            f"(no {MANIFEST}); choose another --output-dir or empty it"
-        )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_scratch(target)
-        scratch = _scratch_name(target, "tmp", os.getpid())
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-    except OSError as exc:
-        raise UserError(f"output directory {target} is not writable: {exc.strerror or exc}") from None
-    return scratch
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def publish(scratch: Path, target: Path) -> None:
-    """Move the finished scratch directory to `target`, replacing an earlier export whole."""
-    if not target.exists():
-        os.rename(scratch, target)
-        return
-    if _exchange(scratch, target):
-        shutil.rmtree(scratch)  # now holds the previous export
-        return
-    old = _scratch_name(target, "old", os.getpid())
-    os.rename(target, old)
-    os.rename(scratch, target)
-    shutil.rmtree(old)
+    check_replaceable(target, MANIFEST, owned_by_manifest, "output directory")
+    return make_scratch(target, "output directory")
 
 
 # --- steps ------------------------------------------------------------------------------------
@@ -341,9 +298,7 @@ def _variant_file(stem: str, variant: str) -> str:
 
 def _calibration_batches(options: ExportOptions, settings: ImageSettings) -> list:
     """Images for static int8 calibration: --calibration-images DIR, else the packaged photos."""
-    directory = Path(options.calibration_images) if options.calibration_images else PHOTOS_DIR
-    if not directory.is_dir():
-        raise UserError(f"--calibration-images {directory} is not a directory")
+    directory = Path(options.calibration_images) if options.calibration_images else PHOTOS_DIR  # checked up front
     paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
     if not paths:
         raise UserError(f"--calibration-images {directory} holds no .jpg / .jpeg / .png images")
@@ -396,12 +351,13 @@ class _VariantBuilder:
             info = build_openvino(self.plain, path)
             info["data_files"] = [path.with_suffix(".bin").name]
         elif variant == "trt-fp16":
+            reason = tensorrt_available()
+            if reason:  # before the fp16 graph it would be built from
+                raise VariantSkipped(reason)
             fp16 = self.build("fp16")[0]
             profile = self.options.trt_profile
             info = build_engine(fp16, path, profile, self.scratch / "tensorrt.timing_cache", self.spec.input_name)
             info["data_files"] = [f"{path.name}.json", "tensorrt.timing_cache"]
-        else:
-            raise UserError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
         info.setdefault("data_files", [f for f in (f"{path.name}.data",) if (self.scratch / f).is_file()])
         self.built[variant] = (path, info)
         return self.built[variant]
@@ -429,12 +385,13 @@ def build_variants(name, tower, spec, plain: Path, raw: Path, options: ExportOpt
     out: dict[str, list] = {"published": [], "rejected": [], "skipped": []}
     builder = _VariantBuilder(name, tower, spec, plain, raw, options, metadata_props, image_settings)
     for variant in options.variants:
-        if name != "vision" and variant in VISION_ONLY:
-            continue
         file = _variant_file(builder.stem, variant)
         gate = Gate(max_rel_err=None, min_cosine=options.gates.get(variant, DEFAULT_GATES[variant]),
                     outputs=("pooler_output",))
         base = {"file": file, "tower": name, "variant": variant, "precision": PRECISION[variant]}
+        if name != "vision" and variant in VISION_ONLY:
+            out["skipped"].append({**base, "reason": f"{variant} is made for the image tower only"})
+            continue
         with progress.step(f"build {file}") as step:
             try:
                 path, info = builder.build(variant)
@@ -442,12 +399,22 @@ def build_variants(name, tower, spec, plain: Path, raw: Path, options: ExportOpt
                 out["skipped"].append({**base, "reason": str(exc)})
                 step["note"] = f"skipped: {exc}"
                 continue
-            except VariantFailed as exc:
+            except (VariantFailed, UserError) as exc:
                 out["rejected"].append({**base, "reason": str(exc)})
                 step["note"] = f"REJECTED: {exc}"
                 continue
+            except Exception as exc:  # a variant's failure must not cost the fp32 files that passed
+                out["rejected"].append({**base, "reason": f"build failed: {type(exc).__name__}: {exc}"})
+                step["note"] = f"REJECTED: build failed: {type(exc).__name__}"
+                continue
         with progress.step(f"verify {file}") as step:
-            parity = verify_artefact(builder.runner(variant, path), lambda x: eager_outputs(tower, x), inputs, gate)
+            try:
+                parity = verify_artefact(builder.runner(variant, path), lambda x: eager_outputs(tower, x),
+                                         inputs, gate)
+            except Exception as exc:
+                out["rejected"].append({**base, "reason": f"verification failed: {type(exc).__name__}: {exc}"})
+                step["note"] = f"REJECTED: verification failed: {type(exc).__name__}"
+                continue
             numbers = worst(parity)
             step["note"] = (f"min cosine {numbers['pooler_output_min_cosine']:.6f} (gate {gate.min_cosine})"
                             + ("" if parity["passed"] else "  REJECTED"))
@@ -456,8 +423,8 @@ def build_variants(name, tower, spec, plain: Path, raw: Path, options: ExportOpt
             out["rejected"].append({**base, "reason": "missed its gate", "accuracy": numbers, "parity": parity})
             continue
         record = _file_record(path, [f for f in info["data_files"] if f != "tensorrt.timing_cache"])
-        out["published"].append({**record, **base, "accuracy": numbers, "build": build_info,
-                                 "parity": parity, **_signature_of(path, tower, spec)})
+        out["published"].append({**record, **base, "opset": options.opset, "accuracy": numbers,
+                                 "build": build_info, "parity": parity, **_signature_of(path, tower, spec)})
     return out
 
 
@@ -502,6 +469,10 @@ def check_variant_options(options: ExportOptions) -> None:
     low, opt, high = options.trt_profile
     if not 1 <= low <= opt <= high:
         raise UserError(f"--trt-profile {low},{opt},{high}: need 1 <= min <= opt <= max")
+    if "trt-fp16" in options.variants and not low <= min(options.verify_batch_sizes) <= max(
+            options.verify_batch_sizes) <= high:
+        raise UserError(f"--trt-profile {low},{opt},{high} must cover the verification batch sizes "
+                        f"{','.join(map(str, options.verify_batch_sizes))}")
     if options.calibration_images is not None and not Path(options.calibration_images).is_dir():
         raise UserError(f"--calibration-images {options.calibration_images} is not a directory")
 
@@ -525,7 +496,10 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
     if not options.verify_batch_sizes or any(b < 1 for b in options.verify_batch_sizes):
         raise UserError(f"verify batch sizes must be positive integers, got {options.verify_batch_sizes}")
     check_variant_options(options)
-    target = Path(options.output_dir)
+    target = resolve_target(options.output_dir)
+    if options.checkpoint is not None and Path(options.checkpoint).exists() and is_within(options.checkpoint, target):
+        raise UserError(f"--checkpoint {options.checkpoint} lies inside --output-dir {options.output_dir}, "
+                        f"which is replaced whole: choose another output directory")
     scratch = prepare_output(target)
     try:
         model, source = load_model(options, progress)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runtime.errors import ProviderError
 from runtime.session import nvidia_driver_present, sha256_file
-from runtime.tensorrt_engine import device_identity, metadata_path
+from runtime.tensorrt_engine import device_identity, load_cudart, metadata_path
 
 from .optimize import VariantFailed, VariantSkipped
 
@@ -26,6 +27,10 @@ def tensorrt_available() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError:
         return "tensorrt is not installed (pip install -e '.[tensorrt]' on a machine with an NVIDIA GPU)"
+    try:
+        load_cudart()
+    except ProviderError:
+        return "cuda-python is not installed (pip install -e '.[tensorrt]')"
     if not nvidia_driver_present():
         return "no NVIDIA GPU / driver on this machine"
     return None

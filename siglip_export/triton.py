@@ -43,7 +43,13 @@ from runtime.errors import ArtefactError, UserError
 from runtime.session import sha256_file
 
 from . import __version__
-from .pipeline import publish, remove_stale_scratch
+from .publication import (
+    check_replaceable,
+    is_within,
+    make_scratch,
+    publish,
+    resolve_target,
+)
 
 REPO_RECORD = "siglip_triton.json"
 VERSION = "1"  # Triton serves the highest numbered version directory; one version per repository
@@ -191,7 +197,7 @@ def _engine_max_batch(entry: dict, engine: Path) -> int | None:
 
 def _kind(entry: dict) -> str:
     """'engine' (TensorRT), 'onnx', or 'other' (e.g. an OpenVINO IR variant, which is not served here)."""
-    if entry.get("format") == "tensorrt" or entry["file"].endswith(".engine"):
+    if entry["file"].endswith(".engine"):
         return "engine"
     return "onnx" if entry["file"].endswith(".onnx") else "other"
 
@@ -332,14 +338,17 @@ def config_text(model: _Model, options: TritonOptions) -> str:
 
 # --- the repository -------------------------------------------------------------------------
 
+def _owned_by_record(repo: Path) -> set[str]:
+    try:
+        return {m["name"] for m in json.loads((repo / REPO_RECORD).read_text(encoding="utf-8"))["models"]}
+    except (OSError, ValueError, TypeError, KeyError):
+        return set()
+
+
 def check_repo_target(repo_dir: str | os.PathLike) -> Path:
     """Raise UserError unless `repo_dir` can be (re)placed: absent, empty, or a repository written here."""
-    repo = Path(repo_dir)
-    if repo.exists() and not repo.is_dir():
-        raise UserError(f"Triton repository path {repo} is a file, not a directory")
-    if repo.is_dir() and any(repo.iterdir()) and not (repo / REPO_RECORD).is_file():
-        raise UserError(f"Triton repository {repo} exists, is not empty and was not written by siglip-export "
-                        f"(no {REPO_RECORD}); choose another directory or empty it")
+    repo = resolve_target(repo_dir)
+    check_replaceable(repo, REPO_RECORD, _owned_by_record, "Triton repository")
     return repo
 
 
@@ -361,16 +370,10 @@ def write_triton_repo(artefact_dir: str | os.PathLike, repo_dir: str | os.PathLi
     artefacts = Artefacts(source)
     models = plan_models(artefacts, options)
     repo = check_repo_target(repo_dir)
-    try:
-        repo.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_scratch(repo)
-        # The scratch name follows siglip_export.pipeline's, so remove_stale_scratch clears one a
-        # killed run left behind.
-        scratch = repo.parent / f".{repo.name}.tmp-{os.getpid()}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-    except OSError as exc:
-        raise UserError(f"Triton repository {repo} is not writable: {exc.strerror or exc}") from None
+    if is_within(repo, source) or is_within(source, repo):
+        raise UserError(f"Triton repository {repo_dir} and artefact directory {artefact_dir} must not contain "
+                        f"each other (each is replaced whole)")
+    scratch = make_scratch(repo, "Triton repository")
     try:
         record = []
         for model in models:

@@ -218,7 +218,7 @@ def _bad_input_cases(tmp_path, good_state):
     cases["output parent is a file"] = (["--output-dir", tmp_path / "afile" / "out"], "not writable")
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("mine")
-    cases["output dir not an export"] = (["--output-dir", tmp_path / "precious"], "not a siglip-export artefact directory")
+    cases["output dir not an export"] = (["--output-dir", tmp_path / "precious"], "was not written by siglip-export")
     cases["unsupported opset"] = (["--opset", "13"], "unsupported opset 13")
     bad_config = tmp_path / "badconfig"
     bad_config.mkdir()
@@ -312,3 +312,43 @@ def test_default_export_at_base_size(tmp_path):
     assert vision["parity"]["passed"] and text["parity"]["passed"]
     for art in manifest["artefacts"]:
         assert art["sha256"] == sha256(tmp_path / "artifacts" / art["file"])
+
+
+def test_never_deletes_what_an_earlier_export_did_not_write(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    hf_model(tiny_config()).save_pretrained(ckpt)
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(ckpt), "--towers", "vision", "--verify-batch-sizes", "2", "--quiet"]
+    assert export_cli.main([*args, "--output-dir", str(out)]) == 0
+    (out / "my_notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert export_cli.main([*args, "--output-dir", str(out)]) == 2
+    assert "holds files siglip-export did not write (my_notes.txt)" in capsys.readouterr().err
+    assert (out / "my_notes.txt").read_text() == "mine"
+    # The checkpoint inside the directory that would be replaced: refused before anything runs.
+    (out / "my_notes.txt").unlink()
+    inner = out / "ckpt"
+    hf_model(tiny_config()).save_pretrained(inner)
+    assert export_cli.main(["--checkpoint", str(inner), "--output-dir", str(out), "--quiet"]) == 2
+    assert "lies inside --output-dir" in capsys.readouterr().err
+    assert (inner / "model.safetensors").is_file()
+
+
+def test_output_dir_given_as_a_symbolic_link(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    hf_model(tiny_config()).save_pretrained(ckpt)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for _ in range(2):  # first export, then a replacement through the same link
+        assert export_cli.main(["--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "link"), "--towers",
+                                "vision", "--verify-batch-sizes", "2", "--quiet"]) == 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "link", "real"]
+
+
+def test_negative_seed_is_a_usage_error(capsys):
+    try:
+        code = export_cli.main(["--seed", "-1"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2 and "expected a non-negative integer, got '-1'" in capsys.readouterr().err

@@ -139,3 +139,29 @@ def test_bf16_default_is_what_the_f32_hint_avoids(tiny_artefacts, photos32):
         assert 1e-4 < error <= 5e-2  # bf16: 8 bits of mantissa
     else:
         assert error <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def variant_export(tmp_path_factory):
+    from conftest import hf_model, tiny_config
+
+    from siglip_export.pipeline import ExportOptions, run_export
+
+    base = tmp_path_factory.mktemp("ov_variants")
+    hf_model(tiny_config()).save_pretrained(base / "ckpt")
+    run_export(ExportOptions(checkpoint=base / "ckpt", output_dir=base / "out", towers=("vision",),
+                             variants=("opt", "int8", "fp16"), verify_batch_sizes=(2,)), emit=None)
+    return base / "out"
+
+
+def test_which_variants_openvino_reads(variant_export):
+    """The 'Which artefact runs where' table's OpenVINO column, for the ONNX variants."""
+    pixels = preprocess(PHOTOS[:3], ImageSettings(height=32, width=32))
+    reference = run_ort(variant_export / "vision_model.onnx", pixels)
+    opt = run_openvino(openvino_cpu(variant_export / "vision_model.opt.onnx"), pixels)  # com.microsoft fused ops
+    assert rel_err(opt["last_hidden_state"], reference["last_hidden_state"]) <= 1e-4
+    fp16 = run_openvino(openvino_cpu(variant_export / "vision_model.fp16.onnx"), pixels)
+    assert rel_err(fp16["pooler_output"], reference["pooler_output"]) <= 1e-2
+    assert min_cosine(fp16["pooler_output"], reference["pooler_output"]) >= 0.999
+    with pytest.raises(Exception, match="QAttention"):  # ORT's dynamic int8 is ONNX Runtime only
+        openvino_cpu(variant_export / "vision_model.int8.onnx")

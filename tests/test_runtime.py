@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -221,6 +222,16 @@ def test_cli_errors_are_one_line(tiny_artefacts, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.skipif(nvidia_driver_present(), reason="checks the refusal on a machine without an NVIDIA GPU")
+def test_gpu_provider_refusal_is_one_line_on_the_real_streams(tiny_artefacts, tmp_path):
+    """In a subprocess, so output ONNX Runtime writes itself (file descriptors 1 and 2) is seen too."""
+    artefacts, _ = tiny_artefacts
+    for provider in ("cuda", "tensorrt"):
+        proc = run_module("embed", artefacts, PHOTOS[0], "--output", tmp_path / "x.npy", "--provider", provider)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert len(proc.stderr.strip().splitlines()) == 1 and "needs an NVIDIA GPU" in proc.stderr
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not nvidia_driver_present() or not onnxruntime_has("CUDAExecutionProvider"),
                     reason="needs an NVIDIA GPU and onnxruntime-gpu")
@@ -318,3 +329,26 @@ def test_engine_built_elsewhere_is_refused_with_both_values(tmp_path):
         check_compatible(meta, "11.0.0", "NVIDIA H100 80GB HBM3", "9.0")
     with pytest.raises(ArtefactError, match=r"built for NVIDIA H100 .*9\.0.*this GPU is NVIDIA L4 \(compute capability 8\.9\)"):
         check_compatible(meta, "10.9.0", "NVIDIA L4", "8.9")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not nvidia_driver_present() or importlib.util.find_spec("tensorrt") is None,
+                    reason="needs an NVIDIA GPU with tensorrt and cuda-python")
+def test_native_tensorrt_engine_builds_and_matches(tmp_path):
+    from conftest import hf_model, tiny_config
+
+    from runtime.tensorrt_engine import TensorRTEngine
+    from siglip_export.pipeline import ExportOptions, run_export
+
+    ckpt = tmp_path / "ckpt"
+    hf_model(tiny_config()).save_pretrained(ckpt)
+    manifest = run_export(ExportOptions(checkpoint=ckpt, output_dir=tmp_path / "o", towers=("vision",),
+                                        variants=("trt-fp16",), trt_profile=(1, 4, 8)), emit=None)
+    assert [a["file"] for a in manifest["artefacts"]] == ["vision_model.onnx", "vision_model.fp16.engine"]
+    engine = TensorRTEngine(tmp_path / "o" / "vision_model.fp16.engine")
+    pixels = preprocess(PHOTOS[:4], ImageSettings(height=32, width=32))
+    cpu = OnnxModel(tmp_path / "o" / "vision_model.onnx").run(pixels)["pooler_output"]
+    got = engine.run(pixels)["pooler_output"]
+    assert ((got * cpu).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(cpu, axis=1)).min() >= 0.999
+    with pytest.raises(InputError, match="batch 9 exceeds"):
+        engine.run(preprocess(PHOTOS[:1] * 9, ImageSettings(height=32, width=32)))

@@ -261,9 +261,15 @@ def test_bad_paths(tiny_artefacts, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match=f"{foreign} exists, is not empty and was not written by siglip-export"):
+    with pytest.raises(UserError, match=f"{foreign} exists and was not written by siglip-export"):
         write_triton_repo(artefacts, foreign)
     assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
+    repo = tmp_path / "ours"
+    write_triton_repo(artefacts, repo)
+    (repo / "notes.txt").write_text("mine")  # added to a repository we wrote: replacing it would delete it
+    with pytest.raises(UserError, match=r"holds files siglip-export did not write \(notes.txt\)"):
+        write_triton_repo(artefacts, repo)
+    assert (repo / "notes.txt").read_text() == "mine"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert write_triton_repo(artefacts, empty)[0] == empty / "siglip_vision"
@@ -424,6 +430,8 @@ def test_export_cli_rejects_bad_triton_input_before_exporting(tmp_path, capsys):
     cases = [
         (["--triton-repo", str(tmp_path / "taken")], "was not written by siglip-export"),
         (["--triton-repo", str(tmp_path / "r"), "--triton-preferred-batch", "128"], "128"),
+        (["--triton-repo", str(tmp_path / "r"), "--triton-variants", "plain,opt"], "which --variants does not build"),
+        (["--triton-repo", str(tmp_path / "out" / "triton")], "must not contain each other"),
     ]
     for args, message in cases:
         capsys.readouterr()

@@ -12,7 +12,7 @@ import pytest
 from conftest import hf_model, tiny_config
 
 import export as export_cli
-from runtime import ImageEncoder, TextEncoder
+from runtime import ImageEncoder, InputError
 from runtime.session import OnnxModel
 from siglip_export.pipeline import ExportOptions, run_export
 
@@ -71,7 +71,7 @@ def test_fused_op_counts(exported):
     layers = tiny_config().vision_config.num_hidden_layers
     arts = by_file(manifest)
     assert arts["vision_model.opt.onnx"]["build"]["fused_ops"] == {
-        "Attention": layers, "SkipLayerNormalization": 2 * layers, "FastGelu": layers + 1}
+        "Attention": layers, "SkipLayerNormalization": 2 * layers, "GELU": layers + 1, "FastGelu": layers + 1}
     assert arts["text_model.opt.onnx"]["build"]["fused_ops"]["Attention"] == layers
     assert arts["vision_model.int8.onnx"]["build"]["quantized_ops"]["QAttention"] == layers
     counts = {}
@@ -109,7 +109,6 @@ def test_runtime_runs_every_variant(exported):
         encoder = ImageEncoder(out, variant=variant, provider="cpu")
         vectors = encoder.embed(PHOTOS[:4], normalize=True)
         assert (vectors * reference).sum(axis=1).min() >= gate, variant
-    assert TextEncoder.__name__  # text variants are exercised by the gate itself (verify through OnnxModel)
     ids = np.ones((2, 16), np.int64)
     plain = OnnxModel(out / "text_model.onnx").run(ids)["pooler_output"]
     int8 = OnnxModel(out / "text_model.int8.onnx").run(ids)["pooler_output"]
@@ -153,7 +152,7 @@ def test_incomplete_fusion_is_rejected_with_counts(checkpoint, tmp_path, monkeyp
     import siglip_export.optimize as optimize
 
     monkeypatch.setattr(optimize, "_expected_fusions",
-                        lambda config, tower: {"Attention": 99, "SkipLayerNormalization": 4, "FastGelu": 3})
+                        lambda config, tower: {"Attention": 99, "SkipLayerNormalization": 4, "GELU": 3})
     manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",),
                                         variants=("opt", "int8"), verify_batch_sizes=(2,)), emit=None)
     reasons = {r["file"]: r["reason"] for r in manifest["rejected"]}
@@ -205,3 +204,41 @@ def test_artefacts_know_which_tower_has_which_variant(exported):
     assert not artefacts.has_variant("text", "int8-qdq")  # image-only: the classifier's text side stays fp32
     engine_built = any(a["variant"] == "trt-fp16" for a in manifest["artefacts"])  # only with TensorRT and a GPU
     assert artefacts.has_variant("vision", "trt-fp16") == engine_built
+
+
+def test_opset_20_exports_native_gelu_and_still_fuses(checkpoint, tmp_path):
+    manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",), opset=20,
+                                        variants=("opt",), verify_batch_sizes=(2,)), emit=None)
+    fused = by_file(manifest)["vision_model.opt.onnx"]["build"]["fused_ops"]
+    assert fused["Attention"] == 2 and fused["GELU"] == 3 and fused.get("FastGelu", 0) == 0  # BiasGelu instead
+    assert by_file(manifest)["vision_model.opt.onnx"]["opset"] == 20
+
+
+def test_image_only_variants_are_reported_skipped_for_the_text_tower(checkpoint, tmp_path):
+    manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("text",),
+                                        variants=("int8-qdq", "trt-fp16"), verify_batch_sizes=(2,)), emit=None)
+    skipped = {s["file"]: s["reason"] for s in manifest["skipped"]}
+    assert skipped == {"text_model.int8-qdq.onnx": "int8-qdq is made for the image tower only",
+                       "text_model.fp16.engine": "trt-fp16 is made for the image tower only"}
+
+
+def test_a_variant_that_crashes_is_rejected_and_the_rest_published(checkpoint, tmp_path, monkeypatch):
+    import siglip_export.pipeline as pipeline
+
+    def broken(path):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(pipeline, "build_fp16", broken)
+    manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",),
+                                        variants=("fp16", "opt"), verify_batch_sizes=(2,)), emit=None)
+    assert manifest["rejected"][0]["reason"] == "build failed: RuntimeError: converter exploded"
+    assert [a["file"] for a in manifest["artefacts"]] == ["vision_model.onnx", "vision_model.opt.onnx"]
+
+
+def test_runtime_refuses_a_provider_that_does_not_apply(exported):
+    out, _ = exported
+    if HAVE_OPENVINO:
+        with pytest.raises(InputError, match=r"vision_model.ov-bf16.xml runs on OpenVINO \(CPU\); provider 'cuda'"):
+            ImageEncoder(out, variant="ov-bf16", provider="cuda")
+    with pytest.raises(InputError, match="variant 'int8' needs an artefact directory"):
+        ImageEncoder(out / "vision_model.onnx", variant="int8")
