@@ -34,26 +34,28 @@ def make_inputs(input_shape: list[int], batch: int, count: int, seed: int) -> li
     return [rng.uniform(-1.0, 1.0, size=(batch, *input_shape)).astype(np.float32) for _ in range(count)]
 
 
-def peak_rss_mb() -> float:
-    """The process's peak resident set so far (VmHWM; ru_maxrss where /proc is absent)."""
+def _proc_status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MB; None where /proc is absent."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set so far (VmHWM; ru_maxrss where /proc is absent)."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
 def current_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return _proc_status_mb("VmRSS")
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,20 +18,6 @@ MANIFEST = "manifest.json"
 TOWER_FILES = {"vision": "vision_model", "text": "text_model"}
 
 
-def _read_onnx_metadata(path: Path) -> dict[str, str]:
-    """metadata_props of an ONNX file, read through ONNX Runtime (no `onnx` package needed)."""
-    from .session import _import_ort
-
-    ort = _import_ort()
-    try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ArtefactError(f"cannot load {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
 class Artefacts:
     """Where the models, preprocessing, tokenizer and logit parameters of an export live."""
 
@@ -101,7 +87,9 @@ class Artefacts:
 
     def metadata(self, path: Path) -> dict[str, str]:
         if path not in self._metadata:
-            self._metadata[path] = _read_onnx_metadata(path)
+            from .session import OnnxModel
+
+            self._metadata[path] = OnnxModel(path).metadata
         return self._metadata[path]
 
     def image_settings(self) -> ImageSettings:

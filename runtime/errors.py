@@ -5,6 +5,12 @@ the input was wrong (a path, a flag, a file), not that the program is broken.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries append pages of detail), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """A problem with what the user gave us. The message names the offending value."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtefactError, InputError, ProviderError
+from .errors import ArtefactError, InputError, ProviderError, first_line
 from .session import validate_input
 
 PRECISIONS = ("bf16", "f32")
@@ -44,8 +44,7 @@ class OpenVinoModel:
         try:
             self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ArtefactError(f"cannot load {self.path} in OpenVINO: {first}") from None
+            raise ArtefactError(f"cannot load {self.path} in OpenVINO: {first_line(exc)}") from None
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what really runs
         self.provider = f"OpenVINO CPU ({self.precision})"
         port = self.compiled.inputs[0]

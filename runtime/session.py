@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtefactError, InputError, ProviderError
+from .errors import ArtefactError, InputError, ProviderError, first_line
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
                "tensor(int32)": np.int32}
@@ -261,8 +261,7 @@ class OnnxModel:
         try:
             return ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # ORT raises several types for unreadable, truncated or incomplete models
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ArtefactError(f"cannot load {self.path}: {first}") from None
+            raise ArtefactError(f"cannot load {self.path}: {first_line(exc)}") from None
 
     def _read_signature(self, session) -> None:
         inputs = session.get_inputs()

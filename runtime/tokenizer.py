@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtefactError, InputError
+from .errors import ArtefactError, InputError, first_line
 
 WORD_BOUNDARY = "\u2581"  # "▁"
 MODEL_FILE = "spiece.model"
@@ -157,8 +157,7 @@ class SiglipTokenizer:
                 proto = _without_dummy_prefix(proto)
             self._sp = spm.SentencePieceProcessor(model_proto=proto)
         except Exception as exc:  # sentencepiece raises RuntimeError / OSError for unreadable or corrupt models
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ArtefactError(f"cannot load sentencepiece model {self.model_file}: {first}") from None
+            raise ArtefactError(f"cannot load sentencepiece model {self.model_file}: {first_line(exc)}") from None
         self.vocab_size = int(self._sp.get_piece_size())
 
         self.max_length = int(max_length)

@@ -7,7 +7,6 @@ Every comparison is `np.array_equal`: same dtype-level arithmetic, no tolerance.
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 from pathlib import Path
@@ -332,11 +331,3 @@ def test_unreadable_config(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ArtefactError, match=PREPROCESSOR_CONFIG):
         ImageSettings.from_file(path)
-
-
-def test_preprocess_module_imports_neither_torch_nor_transformers():
-    tree = ast.parse((ROOT / "runtime" / "preprocess.py").read_text())
-    for node in ast.walk(tree):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-        assert not any(n.split(".")[0] in ("torch", "transformers", "torchvision") for n in names), names

@@ -22,12 +22,14 @@ sys.meta_path.insert(0, _NoTorch())
 """
 
 
-def test_runtime_sources_never_import_torch():
+def test_runtime_sources_never_import_torch_or_transformers():
+    """Nor transformers / torchvision: the deploy side reproduces their preprocessing and tokenizer."""
     for path in (ROOT / "runtime").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{path} imports torch"
+            forbidden = [n for n in names if n.split(".")[0] in ("torch", "torchvision", "transformers")]
+            assert not forbidden, f"{path} imports {forbidden}"
 
 
 def test_runtime_runs_with_torch_unavailable(text_artefacts, tmp_path):
