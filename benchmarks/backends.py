@@ -14,43 +14,13 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CPU_BACKENDS = ("torch-eager", "torch-eager-bf16", "ort-cpu", "openvino-fp32", "openvino-default")
-GPU_BACKENDS = ("torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16", "ort-cuda", "ort-tensorrt",
-                "ort-tensorrt-fp16", "tensorrt")
-BACKENDS = CPU_BACKENDS + GPU_BACKENDS
-ALIASES = {
-    "all": BACKENDS,
-    "cpu": CPU_BACKENDS,
-    "gpu": GPU_BACKENDS,
-    "openvino": ("openvino-fp32", "openvino-default"),
-    "torch": ("torch-eager", "torch-eager-bf16", "torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16"),
-}
-TORCH_BACKENDS = ("torch-eager", "torch-eager-bf16", "torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16")
-
-# Backend -> the precision it computes in, where the backend fixes it (else the artefact's).
-FIXED_PRECISION = {
-    "torch-eager": "fp32", "torch-eager-bf16": "bf16", "openvino-fp32": "fp32",
-    "torch-cuda": "fp32", "torch-cuda-fp16": "fp16", "torch-cuda-bf16": "bf16",
-    "ort-tensorrt": "fp32", "ort-tensorrt-fp16": "fp16",
-}
-DESCRIPTIONS = {
-    "torch-eager": "siglip_export reference model, eval, no_grad, SDPA attention, fp32",
-    "torch-eager-bf16": "same model under torch.autocast('cpu', dtype=torch.bfloat16)",
-    "ort-cpu": "runtime.session.OnnxModel, CPU provider",
-    "openvino-fp32": "OpenVINO CPU, INFERENCE_PRECISION_HINT f32, LATENCY hint, static batch",
-    "openvino-default": "OpenVINO CPU with its default precision (bf16 on AMX / AVX512-BF16 CPUs), LATENCY hint",
-    "torch-cuda": "reference model on CUDA, fp32 (TF32 off), host-to-host",
-    "torch-cuda-fp16": "reference model on CUDA under autocast float16, host-to-host",
-    "torch-cuda-bf16": "reference model on CUDA under autocast bfloat16, host-to-host",
-    "ort-cuda": "runtime.session.OnnxModel, CUDA provider with IO binding",
-    "ort-tensorrt": "runtime.session.OnnxModel, TensorRT provider (TensorRT's default TF32 for fp32)",
-    "ort-tensorrt-fp16": "runtime.session.OnnxModel, TensorRT provider with trt_fp16_enable",
-    "tensorrt": "runtime.tensorrt_engine.TensorRTEngine on a serialized engine",
-}
+from runtime.contract import ENGINE, ONNX, OPENVINO
+from runtime.manifest import ArtefactRecord
 
 
 class SkipBatch(Exception):
@@ -123,8 +93,8 @@ class TorchRunner(Runner):
         import torch
 
         self.torch = torch
-        self.device = "cuda" if "cuda" in backend else "cpu"
-        self.precision = FIXED_PRECISION[backend]
+        self.device = BACKENDS[backend].device
+        self.precision = BACKENDS[backend].precision
         self.notes = []
         if self.device == "cuda":
             if not torch.cuda.is_available():
@@ -166,14 +136,13 @@ class OrtRunner(Runner):
         from runtime.session import OnnxModel, TensorRTOptions
 
         self.notes = []
-        provider = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-tensorrt": "tensorrt",
-                    "ort-tensorrt-fp16": "tensorrt"}[backend]
-        self.device = "cpu" if provider == "cpu" else "cuda"
-        self.precision = FIXED_PRECISION.get(backend, job.get("precision") or "fp32")
+        provider = BACKENDS[backend].provider
+        self.device = BACKENDS[backend].device
+        self.precision = BACKENDS[backend].precision or job.get("precision") or "fp32"
         options = None
         if provider == "tensorrt":
             top = max(job["batch_sizes"])
-            options = TensorRTOptions(fp16=backend.endswith("fp16"), min_batch=1, opt_batch=min(8, top), max_batch=top)
+            options = TensorRTOptions(fp16=self.precision == "fp16", min_batch=1, opt_batch=min(8, top), max_batch=top)
         self.model = OnnxModel(job["path"], provider=provider, threads=job["threads"], tensorrt=options)
         self.provider = self.model.provider
         self.input_dtype = self.model.input_dtype
@@ -212,13 +181,14 @@ class OpenVinoRunner(Runner):
         self.input = self.model.inputs[0]
         self.shape = list(job["input_shape"])  # (C, H, W)
         self.config = {"INFERENCE_NUM_THREADS": job["threads"], "PERFORMANCE_HINT": "LATENCY"}
-        if backend == "openvino-fp32":
+        fixed = BACKENDS[backend].precision == "fp32"
+        if fixed:
             self.config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = None
         self.provider = f"OpenVINO {ov.__version__} CPU ({self.core.get_property('CPU', 'FULL_DEVICE_NAME')})"
         self.notes = []
         # The precision it really uses is the compiled model's, known after the first compile.
-        self.precision = "fp32" if backend == "openvino-fp32" else None
+        self.precision = "fp32" if fixed else None
         self._compile(1)
 
     def _compile(self, batch: int):
@@ -270,14 +240,75 @@ class TensorRTRunner(Runner):
         return _nvidia_smi_process_mb(os.getpid())
 
 
+# --- the table ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the image tower. Which artefacts it runs follows from their manifest
+    records (format, variant) and their kinds (runtime.contract), never from file names.
+
+    formats: artefact formats it runs; empty: the reference model itself (no artefact).
+    plain_only: of those formats, the ones where only the plain export runs.
+    provider: the runtime provider it asks for; a kind that does not run there is skipped.
+    precision: fixed by the backend (autocast, a precision hint); None: the artefact's.
+    needs: Python modules it imports (missing: skipped with the reason).
+    """
+
+    name: str
+    device: str  # "cpu" | "cuda"
+    runner: type[Runner]
+    description: str
+    formats: tuple[str, ...] = ()
+    plain_only: tuple[str, ...] = ()
+    provider: str | None = None
+    precision: str | None = None
+    needs: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def runs(self, record: ArtefactRecord) -> bool:
+        return record.format in self.formats and (record.format not in self.plain_only or record.variant is None)
+
+
+_TABLE = (
+    Backend("torch-eager", "cpu", TorchRunner, "siglip_export reference model, eval, no_grad, SDPA attention, fp32",
+            precision="fp32", needs=("torch",), groups=("torch",)),
+    Backend("torch-eager-bf16", "cpu", TorchRunner, "same model under torch.autocast('cpu', dtype=torch.bfloat16)",
+            precision="bf16", needs=("torch",), groups=("torch",)),
+    Backend("ort-cpu", "cpu", OrtRunner, "runtime.session.OnnxModel, CPU provider", formats=(ONNX,), provider="cpu"),
+    Backend("openvino-fp32", "cpu", OpenVinoRunner,
+            "OpenVINO CPU, INFERENCE_PRECISION_HINT f32, LATENCY hint, static batch",
+            formats=(ONNX,), plain_only=(ONNX,), precision="fp32", needs=("openvino",), groups=("openvino",)),
+    Backend("openvino-default", "cpu", OpenVinoRunner,
+            "OpenVINO CPU with its default precision (bf16 on AMX / AVX512-BF16 CPUs), LATENCY hint",
+            formats=(ONNX, OPENVINO), plain_only=(ONNX,), precision="default", needs=("openvino",),
+            groups=("openvino",)),
+    Backend("torch-cuda", "cuda", TorchRunner, "reference model on CUDA, fp32 (TF32 off), host-to-host",
+            precision="fp32", needs=("torch",), groups=("torch",)),
+    Backend("torch-cuda-fp16", "cuda", TorchRunner, "reference model on CUDA under autocast float16, host-to-host",
+            precision="fp16", needs=("torch",), groups=("torch",)),
+    Backend("torch-cuda-bf16", "cuda", TorchRunner, "reference model on CUDA under autocast bfloat16, host-to-host",
+            precision="bf16", needs=("torch",), groups=("torch",)),
+    Backend("ort-cuda", "cuda", OrtRunner, "runtime.session.OnnxModel, CUDA provider with IO binding",
+            formats=(ONNX,), provider="cuda"),
+    Backend("ort-tensorrt", "cuda", OrtRunner,
+            "runtime.session.OnnxModel, TensorRT provider (TensorRT's default TF32 for fp32)",
+            formats=(ONNX,), plain_only=(ONNX,), provider="tensorrt", precision="fp32"),
+    Backend("ort-tensorrt-fp16", "cuda", OrtRunner, "runtime.session.OnnxModel, TensorRT provider with trt_fp16_enable",
+            formats=(ONNX,), plain_only=(ONNX,), provider="tensorrt", precision="fp16"),
+    Backend("tensorrt", "cuda", TensorRTRunner, "runtime.tensorrt_engine.TensorRTEngine on a serialized engine",
+            formats=(ENGINE,), provider="tensorrt", needs=("tensorrt",)),
+)
+BACKENDS: dict[str, Backend] = {b.name: b for b in _TABLE}
+GROUPS: dict[str, tuple[str, ...]] = {
+    "all": tuple(BACKENDS),
+    "cpu": tuple(b.name for b in _TABLE if b.device == "cpu"),
+    "gpu": tuple(b.name for b in _TABLE if b.device == "cuda"),
+    **{g: tuple(b.name for b in _TABLE if g in b.groups) for g in ("openvino", "torch")},
+}
+
+
 def load_runner(job: dict) -> Runner:
-    backend = job["backend"]
-    if backend in TORCH_BACKENDS:
-        return TorchRunner(job, backend)
-    if backend.startswith("ort-"):
-        return OrtRunner(job, backend)
-    if backend.startswith("openvino"):
-        return OpenVinoRunner(job, backend)
-    if backend == "tensorrt":
-        return TensorRTRunner(job, backend)
-    raise ValueError(f"unknown backend {backend!r}")
+    backend = BACKENDS.get(job["backend"])
+    if backend is None:
+        raise ValueError(f"unknown backend {job['backend']!r}")
+    return backend.runner(job, backend.name)

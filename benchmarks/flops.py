@@ -53,6 +53,12 @@ def _has(config: Any, name: str) -> bool:
     return name in config if isinstance(config, Mapping) else hasattr(config, name)
 
 
+def pixel_shape(config: Any) -> list[int]:
+    """(channels, height, width) of one image the tower takes."""
+    side = _field(config, "image_size")
+    return [_field(config, "num_channels") if _has(config, "num_channels") else 3, side, side]
+
+
 def gemm_shapes(config: Any) -> dict[str, int]:
     """The dimensions the floor's GEMMs use: tokens per image, hidden and intermediate size."""
     return {

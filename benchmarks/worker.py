@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.parity import min_row_cosine
+
 from .backends import SkipBatch, load_runner
 from .floor import measure_rates
 
@@ -56,14 +58,6 @@ def peak_rss_mb() -> float:
 
 def current_rss_mb() -> float | None:
     return _proc_status_mb("VmRSS")
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Smallest cosine similarity between matching rows of a and b."""
-    a = np.asarray(a, np.float64).reshape(len(a), -1)
-    b = np.asarray(b, np.float64).reshape(len(b), -1)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
-    return float(cos.min())
 
 
 def measure(run, inputs: list[np.ndarray], warmup: int, iterations: int, budget_s: float,
@@ -146,7 +140,7 @@ def prepare(job: dict) -> dict:
         session = OnnxModel(job["onnx_path"], threads=job["threads"])
         smallest = str(min(job["batch_sizes"]))
         x = make_inputs(job["input_shape"], int(smallest), 1, job["seed"])[0]
-        cos = min_cosine(session.run(x)["pooler_output"], reference[smallest])
+        cos = min_row_cosine(session.run(x)["pooler_output"], reference[smallest])
         result["weights_match_cosine"] = cos
         result["weights_match"] = cos > 0.999
         if not result["weights_match"]:
@@ -190,7 +184,7 @@ def backend(job: dict) -> dict:
             row["skipped"] = _reason(exc)
         else:
             row.update(stats)
-            row["min_cosine"] = min_cosine(first, reference[str(batch)]) if str(batch) in reference else None
+            row["min_cosine"] = min_row_cosine(first, reference[str(batch)]) if str(batch) in reference else None
             row["peak_device_mb"] = runner.peak_device_mb()
             # Batch sizes run in increasing order, so this is the peak of serving up to this size.
             row["peak_rss_mb"] = peak_rss_mb()

@@ -7,7 +7,8 @@ native engines). Never imports torch.
 from .artefacts import Artefacts
 from .encoders import ImageEncoder, TextEncoder, ZeroShotClassifier
 from .errors import ArtefactError, InputError, ProviderError, UserError
+from .manifest import Manifest
 from .session import OnnxModel, TensorRTOptions
 
-__all__ = ["Artefacts", "ArtefactError", "ImageEncoder", "InputError", "OnnxModel", "ProviderError",
+__all__ = ["Artefacts", "ArtefactError", "ImageEncoder", "InputError", "Manifest", "OnnxModel", "ProviderError",
            "TensorRTOptions", "TextEncoder", "UserError", "ZeroShotClassifier"]

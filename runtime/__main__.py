@@ -1,7 +1,8 @@
-"""`python -m runtime`: embed images or classify them zero-shot with an exported artefact directory.
+"""`siglip-runtime` (or `python -m runtime`): embed images or classify them zero-shot with an
+exported artefact directory.
 
-    python -m runtime embed artifacts cat.jpg dog.jpg --output vectors.npy [--normalize]
-    python -m runtime classify artifacts cat.jpg --labels cat dog "a red car" [--json]
+    siglip-runtime embed artifacts cat.jpg dog.jpg --output vectors.npy [--normalize]
+    siglip-runtime classify artifacts cat.jpg --labels cat dog "a red car" [--json]
 
 Exit status: 0 done; 2 bad input (one line on stderr: a missing or corrupt image, a missing
 artefact directory, a model without a text tower or tokenizer, ...); 1 an internal error.
@@ -18,12 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from .cli_support import ArgumentParser, positive_int, run_command
+from .contract import variant_names
 from .errors import UserError
 from .session import PROVIDER_CHOICES, TensorRTOptions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m runtime", description=__doc__.split("\n\n")[0])
+    invoked = Path(sys.argv[0]).name
+    parser = ArgumentParser(prog=invoked if invoked == "siglip-runtime" else "python -m runtime",
+                            description=" ".join(__doc__.split("\n\n")[0].split()))
     common = ArgumentParser(add_help=False)
     common.add_argument("artefacts", type=Path, metavar="ARTEFACT_DIR", help="directory written by export.py")
     common.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -31,8 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="execution provider (default auto: TensorRT, then CUDA, then CPU)")
     common.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
     common.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
-    common.add_argument("--variant", default=None, help="run the image tower's variant (vision_model.<VARIANT>.onnx / .xml / .engine); classify uses the "
-                        "text tower's variant too when the export has one")
+    common.add_argument("--variant", default=None,
+                        help=f"run one of the image tower's variants ({', '.join(variant_names())}); classify uses "
+                        "the text tower's variant too when the export has one")
     common.add_argument("--trt-fp16", action="store_true", help="TensorRT provider: build an fp16 engine")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)

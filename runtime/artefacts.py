@@ -1,8 +1,9 @@
 """An artefact directory as `export.py` writes it, or a single `.onnx` file.
 
-The directory is self-contained: `manifest.json` names the models and holds `logit_scale` /
-`logit_bias`; `preprocessor_config.json` and the tokenizer files sit beside the models. A
-lone `.onnx` file carries its config and preprocessing in its `metadata_props`.
+The directory is self-contained: `manifest.json` (read into `contract.Manifest`) lists the
+models and holds `logit_scale` / `logit_bias`; `preprocessor_config.json` and the tokenizer
+files sit beside the models. A lone `.onnx` file carries its config and preprocessing in its
+`metadata_props`. Models are found by their manifest record (tower, variant), never by name.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from .errors import ArtefactError
+from .contract import KINDS, ArtefactKind, Runner, kind_of, open_runner
+from .errors import ArtefactError, InputError
+from .manifest import ArtefactRecord, Manifest
 from .preprocess import PREPROCESSOR_CONFIG, ImageSettings
-
-MANIFEST = "manifest.json"
-TOWER_FILES = {"vision": "vision_model", "text": "text_model"}
 
 
 class Artefacts:
@@ -27,63 +27,64 @@ class Artefacts:
             raise ArtefactError(f"artefact directory not found: {source}")
         self.single_file = source if source.is_file() else None
         self.directory = source.parent if self.single_file else source
-        self.manifest: dict = {}
         self._metadata: dict[Path, dict[str, str]] = {}
+        self.manifest: Manifest | None = None
         if self.single_file is None:
-            manifest = self.directory / MANIFEST
-            if not manifest.is_file():
-                raise ArtefactError(f"{self.directory} has no {MANIFEST}: not an artefact directory written by export.py")
-            try:
-                self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
-                entries = self.manifest["artefacts"]
-                if not isinstance(entries, list) or not all(
-                        isinstance(a, dict) and isinstance(a.get("file"), str) and a.get("tower") in TOWER_FILES
-                        for a in entries):
-                    raise TypeError("'artefacts' must be a list of {file, tower} records")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ArtefactError(f"{manifest} is not a valid manifest: {exc}") from None
+            self.manifest = Manifest.read(self.directory)
         elif source.suffix != ".onnx":
             raise ArtefactError(f"{source} is neither an artefact directory nor an .onnx file")
 
     @property
     def towers(self) -> list[str]:
-        if self.single_file:
-            return [self.metadata(self.single_file).get("siglip.tower", "vision")]
-        return [t for t in TOWER_FILES if any(a.get("tower") == t for a in self.manifest["artefacts"])]
+        if self.manifest is None:
+            return [self._single_tower()]
+        return self.manifest.towers
+
+    def _single_tower(self) -> str:
+        return self.metadata(self.single_file).get("siglip.tower", "vision")
+
+    def record(self, tower: str, variant: str | None = None) -> ArtefactRecord:
+        """The manifest's record of a tower's plain export or of one of its variants."""
+        if self.manifest is None:
+            raise ArtefactError(f"{self.single_file} is a single file; it has no manifest records")
+        found = self.manifest.find(tower, variant)
+        if found is None:
+            kind = kind_of(variant)  # an unknown name: InputError listing the known ones
+            wanted = (kind.file(tower) if kind.applies_to(tower)
+                      else f"{kind.name} artefact for the {tower} tower ({kind.name} is made for {kind.made_for} only)")
+            listed = ", ".join(a.file for a in self.manifest.artefacts) or "nothing"
+            raise ArtefactError(f"{self.directory} has no {wanted} (the export has: {listed})")
+        return found
 
     def model_file(self, tower: str, variant: str | None = None) -> Path:
-        """A tower's model: `vision_model.onnx`, or a variant: `vision_model.<variant>.onnx`, the
-        OpenVINO IR `vision_model.ov-bf16.xml`, the TensorRT engine `vision_model.<precision>.engine`
-        (`variant="trt-fp16"` or `"fp16"` when only the engine exists)."""
+        """The path of a tower's model (`variant`: a registered variant name, see runtime.contract)."""
         if self.single_file:
-            found = self.metadata(self.single_file).get("siglip.tower", "vision")
+            found = self._single_tower()
             if found != tower:
                 raise ArtefactError(f"{self.single_file} is the {found} tower, not the {tower} tower")
             return self.single_file
-        listed = {a["file"] for a in self.manifest["artefacts"]}
-        stem = TOWER_FILES[tower]
-        candidates = ([f"{stem}.{variant}.onnx", f"{stem}.{variant}.xml", f"{stem}.{variant}.engine",
-                       f"{stem}.{variant.removeprefix('trt-')}.engine"] if variant else [f"{stem}.onnx"])
-        name = next((c for c in candidates if c in listed), candidates[0])
-        if name not in listed:
-            raise ArtefactError(
-                f"{self.directory} has no {name} (the export has: {', '.join(sorted(listed)) or 'nothing'})"
-            )
-        path = self.directory / name
+        path = self.directory / self.record(tower, variant).file
         if not path.is_file():
-            raise ArtefactError(f"{path} is listed in {MANIFEST} but missing")
+            raise ArtefactError(f"{path} is listed in manifest.json but missing")
         return path
 
-    def has_variant(self, tower: str, variant: str) -> bool:
-        try:
-            self.model_file(tower, variant)
-        except ArtefactError:
-            return False
-        return True
+    def kind(self, tower: str, variant: str | None = None) -> ArtefactKind:
+        """The kind of file `model_file(tower, variant)` is."""
+        if self.single_file:  # the exporter stamps variants into the file's metadata
+            stamped = self.metadata(self.single_file).get("siglip.variant")
+            return KINDS.get(stamped, KINDS[None])
+        return self.record(tower, variant).kind
 
-    def entry(self, path: Path) -> dict:
-        """The manifest's record of a model file ({} for a lone file)."""
-        return next((a for a in self.manifest.get("artefacts", []) if a["file"] == Path(path).name), {})
+    def has_variant(self, tower: str, variant: str) -> bool:
+        return self.manifest is not None and self.manifest.find(tower, variant) is not None
+
+    def open(self, tower: str, variant: str | None = None, *, provider: str = "auto", threads: int | None = None,
+             tensorrt=None) -> Runner:
+        """Load a tower's model (or variant) with the runner its kind names."""
+        if variant and self.single_file:
+            raise InputError(f"variant {variant!r} needs an artefact directory; {self.single_file} is one file")
+        path = self.model_file(tower, variant)
+        return open_runner(self.kind(tower, variant), path, provider=provider, threads=threads, tensorrt=tensorrt)
 
     def metadata(self, path: Path) -> dict[str, str]:
         if path not in self._metadata:
@@ -94,23 +95,22 @@ class Artefacts:
 
     def image_settings(self) -> ImageSettings:
         config = self.directory / PREPROCESSOR_CONFIG
-        if self.single_file is None and config.is_file():
+        if self.manifest is not None and config.is_file():
             return ImageSettings.from_file(config)
-        if self.manifest.get("model", {}).get("preprocessing"):
-            return ImageSettings.from_dict(self.manifest["model"]["preprocessing"])
-        if self.single_file:
-            text = self.metadata(self.single_file).get("siglip.preprocessing")
-            if text:
-                return ImageSettings.from_dict(json.loads(text))
-        raise ArtefactError(f"no preprocessing settings for {self.single_file or self.directory}")
+        if self.manifest is not None:
+            return ImageSettings.from_dict(self.manifest.model.preprocessing)
+        text = self.metadata(self.single_file).get("siglip.preprocessing")
+        if text:
+            return ImageSettings.from_dict(json.loads(text))
+        raise ArtefactError(f"no preprocessing settings for {self.single_file}")
 
     def logit_parameters(self) -> tuple[float, float]:
-        model = self.manifest.get("model", {})
-        if model.get("logit_scale") is None or model.get("logit_bias") is None:
+        model = self.manifest.model if self.manifest is not None else None
+        if model is None or model.logit_scale is None or model.logit_bias is None:
             raise ArtefactError(
                 f"{self.directory} has no logit_scale / logit_bias (a vision-only export cannot classify)"
             )
-        return float(model["logit_scale"]), float(model["logit_bias"])
+        return model.logit_scale, model.logit_bias
 
     def tokenizer(self, max_length: int):
         """The SigLIP tokenizer from the directory's sentencepiece files."""

@@ -39,6 +39,26 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def int_list(text: str, *, minimum: int | None = 1, allow_empty: bool = False) -> tuple[int, ...]:
+    """Comma-separated integers ("1,3,8"), each >= `minimum` (None: any); empty only if allowed.
+    Raises argparse.ArgumentTypeError naming the text (argparse turns it into a usage error)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values and not allow_empty:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    if minimum is not None and any(v < minimum for v in values):
+        wanted = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+    return values
+
+
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated integers >= 1, at least one ("1,3,8")."""
+    return int_list(text)
+
+
 def run_command(action: Callable[[], None], *, debug: bool,
                 failures: dict[type[BaseException], tuple[int, str]] | None = None) -> int:
     """Run `action` and turn what it raises into an exit status and stderr lines.

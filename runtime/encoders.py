@@ -17,7 +17,7 @@ import numpy as np
 from .artefacts import Artefacts
 from .errors import ArtefactError, InputError
 from .preprocess import image_batch, preprocess
-from .session import OnnxModel, TensorRTOptions
+from .session import TensorRTOptions
 
 DEFAULT_TEMPLATE = "This is a photo of {}."  # the prompt SigLIP's zero-shot evaluation uses
 
@@ -43,24 +43,7 @@ class _Encoder:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.artefacts = _artefacts(source)
-        if variant and self.artefacts.single_file:
-            raise InputError(f"variant {variant!r} needs an artefact directory; {self.artefacts.single_file} is one file")
-        path = self.artefacts.model_file(self.tower, variant)
-        runs_on = {".engine": "tensorrt", ".xml": "cpu"}.get(path.suffix)
-        if runs_on and provider not in ("auto", runs_on):
-            raise InputError(f"{path.name} runs on {'TensorRT (GPU)' if runs_on == 'tensorrt' else 'OpenVINO (CPU)'}; "
-                             f"provider {provider!r} does not apply (use auto or {runs_on})")
-        if path.suffix == ".engine":
-            from .tensorrt_engine import TensorRTEngine
-
-            self.model = TensorRTEngine(path)
-        elif path.suffix == ".xml":
-            from .openvino_model import OpenVinoModel
-
-            precision = "bf16" if self.artefacts.entry(path).get("precision") == "bf16" else "f32"
-            self.model = OpenVinoModel(path, precision=precision, threads=threads)
-        else:
-            self.model = OnnxModel(path, provider=provider, threads=threads, tensorrt=tensorrt)
+        self.model = self.artefacts.open(self.tower, variant, provider=provider, threads=threads, tensorrt=tensorrt)
         self.batch_size = min(batch_size, self.model.max_batch or batch_size)
 
     @property

@@ -8,7 +8,8 @@ Providers, by name:
 - `cuda`: the CUDA provider; inputs and outputs go through IO binding with device buffers.
 - `tensorrt`: the TensorRT provider (CUDA for nodes TensorRT does not take), with an engine
   cache keyed by the model's sha256, the GPU and the TensorRT build, and a batch profile.
-- `auto`: TensorRT, then CUDA, then CPU; only providers that really initialise are kept, and
+- `auto`: TensorRT, then CUDA, then CPU (an artefact kind may narrow or reorder this: its
+  `providers` in `runtime.contract`); only providers that really initialise are kept, and
   `OnnxModel.provider` says which one runs.
 Asking for `cuda` or `tensorrt` by name on a machine where it cannot run is an error, not a
 silent fall back to the CPU.
@@ -125,14 +126,19 @@ def tensorrt_cache_dir(model_path: Path, options: TensorRTOptions, device_id: in
     return base / re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
 
 
+def tensorrt_shapes(inputs, batch: int) -> str:
+    """TensorRT's profile shape syntax (ONNX Runtime's provider options, Triton's parameters):
+    `name:BxCxHxW` per (name, shape) in `inputs`, comma-separated, with `batch` as the first axis."""
+    return ",".join(f"{name}:" + "x".join(str(d) for d in (batch, *shape[1:])) for name, shape in inputs)
+
+
 def _tensorrt_provider_options(model_path: Path, input_name: str, input_shape: tuple, options: TensorRTOptions,
                                device_id: int) -> dict:
     cache = tensorrt_cache_dir(model_path, options, device_id)
     cache.mkdir(parents=True, exist_ok=True)
-    rest = "x".join(str(d) for d in input_shape[1:])
 
     def shape(batch):
-        return f"{input_name}:{batch}x{rest}"
+        return tensorrt_shapes([(input_name, input_shape)], batch)
 
     return {
         "device_id": device_id,
@@ -189,11 +195,14 @@ class OnnxModel:
 
     provider: `cpu` (default), `cuda`, `tensorrt` or `auto` (see the module docstring).
     threads: ONNX Runtime's intra-op thread count (None: one per physical core).
+    auto_providers: what `auto` tries, in order, up to `cpu` (an artefact kind's providers,
+        `runtime.contract`; an int8 file with CPU-only kernels says `("cpu",)`).
     Safe to call from several threads at once: ONNX Runtime sessions are, and `run` keeps no state.
     """
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
-                 tensorrt: TensorRTOptions | None = None, device_id: int = 0):
+                 tensorrt: TensorRTOptions | None = None, device_id: int = 0,
+                 auto_providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")):
         ort = _import_ort()
         self.path = Path(path)
         if provider not in PROVIDER_CHOICES:
@@ -208,7 +217,7 @@ class OnnxModel:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        wanted = self._candidates(ort, provider)
+        wanted = self._candidates(ort, provider, auto_providers)
         # Shapes are needed for the TensorRT profile before the session exists: read them from
         # a CPU session only when TensorRT is a candidate (it is cheap next to an engine build).
         if TENSORRT in wanted:
@@ -230,14 +239,16 @@ class OnnxModel:
         self.vocab_size = config.get("vocab_size")
         self._ort = ort
 
-    def _candidates(self, ort, provider: str) -> list[str]:
+    def _candidates(self, ort, provider: str, auto_providers: tuple[str, ...]) -> list[str]:
         available = ort.get_available_providers()
         if provider == "cpu":
             return [CPU]
         if provider == "auto":
             # Without an NVIDIA driver the GPU providers cannot start: skip them rather than
-            # hashing the model for a TensorRT cache and letting ORT fail to load CUDA.
-            gpu = [p for p in (TENSORRT, CUDA) if p in available] if nvidia_driver_present() else []
+            # hashing the model for a TensorRT cache and letting ORT fail to load CUDA. What
+            # follows the CPU provider would never get a node, so the list stops there.
+            order = list(auto_providers[:auto_providers.index("cpu")] if "cpu" in auto_providers else auto_providers)
+            gpu = [_NAMED[p] for p in order if _NAMED[p] in available] if nvidia_driver_present() else []
             return gpu + [CPU]
         if _NAMED[provider] not in available:
             raise ProviderError(

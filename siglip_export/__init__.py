@@ -1,61 +1,39 @@
 """siglip-export, build side: the SigLIP reference model, checkpoint loading and the export pipeline.
 
-Needs PyTorch. The deploy side, `runtime`, does not.
+Needs PyTorch and the other tools of the `export` extra (`pip install "siglip-export[export]"`).
+The deploy side, `runtime`, does not. Importing this package imports nothing heavy: the names
+below load their module on first use, so `siglip-export` can tell a user without the extra what
+to install instead of failing in an import.
 """
 
-from .checkpoint import CheckpointError, load_pretrained
-from .config import (
-    PRESETS,
-    ConfigError,
-    SiglipConfig,
-    SiglipTextConfig,
-    SiglipVisionConfig,
-    load_config,
-    preset,
-)
-from .modeling_siglip import (
-    SiglipAttention,
-    SiglipEncoder,
-    SiglipEncoderLayer,
-    SiglipMLP,
-    SiglipModel,
-    SiglipMultiheadAttentionPoolingHead,
-    SiglipTextEmbeddings,
-    SiglipTextModel,
-    SiglipTextTransformer,
-    SiglipVisionEmbeddings,
-    SiglipVisionModel,
-    SiglipVisionTransformer,
-    build_model,
-    set_fused_attn,
-    sigmoid_loss,
-)
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "PRESETS",
-    "SiglipAttention",
-    "SiglipConfig",
-    "SiglipEncoder",
-    "SiglipEncoderLayer",
-    "SiglipMLP",
-    "SiglipModel",
-    "SiglipMultiheadAttentionPoolingHead",
-    "SiglipTextConfig",
-    "SiglipTextEmbeddings",
-    "SiglipTextModel",
-    "SiglipTextTransformer",
-    "SiglipVisionConfig",
-    "SiglipVisionEmbeddings",
-    "SiglipVisionModel",
-    "SiglipVisionTransformer",
-    "build_model",
-    "load_config",
-    "load_pretrained",
-    "preset",
-    "set_fused_attn",
-    "sigmoid_loss",
-]
+__version__ = "0.2.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "load_pretrained": "checkpoint",
+    "PRESETS": "config", "ConfigError": "config", "SiglipConfig": "config", "SiglipTextConfig": "config",
+    "SiglipVisionConfig": "config", "load_config": "config", "preset": "config",
+    **{name: "modeling_siglip" for name in (
+        "SiglipAttention", "SiglipEncoder", "SiglipEncoderLayer", "SiglipMLP", "SiglipModel",
+        "SiglipMultiheadAttentionPoolingHead", "SiglipTextEmbeddings", "SiglipTextModel", "SiglipTextTransformer",
+        "SiglipVisionEmbeddings", "SiglipVisionModel", "SiglipVisionTransformer", "build_model", "set_fused_attn",
+        "sigmoid_loss")},
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

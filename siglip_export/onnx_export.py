@@ -25,7 +25,9 @@ import numpy as np
 import onnx
 import torch
 
+from runtime.contract import KINDS, OUTPUTS
 from runtime.errors import UserError
+from runtime.manifest import TensorInfo
 
 from .modeling_siglip import SiglipTextTransformer, SiglipVisionTransformer
 
@@ -39,7 +41,7 @@ BATCH = "batch"
 # message over 2 GiB, and the graph itself adds a little.
 DEFAULT_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
-OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
+OUTPUT_NAMES = OUTPUTS  # the contract's output names, in graph order
 
 
 class ExportError(Exception):
@@ -51,21 +53,25 @@ class TowerSpec:
     """What one tower's artefact looks like: the contract's file and tensor names."""
 
     name: str  # "vision" | "text"
-    file: str  # vision_model.onnx | text_model.onnx
     input_name: str  # pixel_values | input_ids
     input_dtype: str  # numpy dtype name
     input_shape: tuple  # with BATCH for the batch axis
+
+    @property
+    def file(self) -> str:
+        """The plain export's file name (vision_model.onnx | text_model.onnx), from the contract."""
+        return KINDS[None].file(self.name)
 
 
 def tower_spec(tower: SiglipVisionTransformer | SiglipTextTransformer) -> TowerSpec:
     if isinstance(tower, SiglipVisionTransformer):
         c = tower.config
-        return TowerSpec("vision", "vision_model.onnx", "pixel_values", "float32",
+        return TowerSpec("vision", "pixel_values", "float32",
                          (BATCH, c.num_channels, c.image_size, c.image_size))
     if isinstance(tower, SiglipTextTransformer):
         # The text tower is trained on sequences padded to full length and pools the last token,
         # so the sequence axis is fixed at max_position_embeddings rather than dynamic.
-        return TowerSpec("text", "text_model.onnx", "input_ids", "int64",
+        return TowerSpec("text", "input_ids", "int64",
                          (BATCH, tower.config.max_position_embeddings))
     raise TypeError(f"not a SigLIP tower: {type(tower).__name__}")
 
@@ -172,22 +178,17 @@ def batch_axis_is_symbolic(model: onnx.ModelProto) -> list[str]:
     return bad
 
 
-def io_signature(model: onnx.ModelProto) -> dict[str, list[dict]]:
-    """Names, dtypes and shapes (symbolic axes as strings) of the graph inputs and outputs."""
+def io_signature(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """(inputs, outputs): names, dtypes and shapes (symbolic axes as strings) of the graph's IO."""
 
-    def describe(value):
+    def describe(value) -> TensorInfo:
         t = value.type.tensor_type
-        return {
-            "name": value.name,
-            "dtype": np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name,
-            "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
-        }
+        return TensorInfo(name=value.name, dtype=np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name,
+                          shape=[d.dim_param or d.dim_value for d in t.shape.dim])
 
     initializers = {i.name for i in model.graph.initializer}
-    return {
-        "inputs": [describe(i) for i in model.graph.input if i.name not in initializers],
-        "outputs": [describe(o) for o in model.graph.output],
-    }
+    return ([describe(i) for i in model.graph.input if i.name not in initializers],
+            [describe(o) for o in model.graph.output])
 
 
 def initializer_bytes(model: onnx.ModelProto) -> int:

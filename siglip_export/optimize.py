@@ -1,18 +1,10 @@
-"""Graph simplification and the faster variants of an exported tower.
+"""Graph simplification and the builders behind the faster variants.
 
-Every function here builds a file; whether it is published is decided by its accuracy gate
-(`pipeline.py`, through `verify.py` and `runtime`). A variant that cannot be built on this
-machine raises `VariantSkipped` (with the reason); one whose structure is wrong (a fusion
-that did not happen) raises `VariantFailed`.
-
-| variant    | file                         | what                                                     | runs on |
-| ---------- | ---------------------------- | -------------------------------------------------------- | ------- |
-| `opt`      | `<tower>.opt.onnx`           | fp32, ORT-fused Attention / SkipLayerNorm / FastGelu     | ONNX Runtime |
-| `int8`     | `<tower>.int8.onnx`          | `opt` + dynamic int8 (QAttention, MatMulInteger)          | ONNX Runtime CPU |
-| `int8-qdq` | `vision_model.int8-qdq.onnx` | static QDQ int8, calibrated on images, standard ops      | ORT, OpenVINO, TensorRT |
-| `fp16`     | `<tower>.fp16.onnx`          | fp16 weights and math, fp32 IO, LayerNorm/Softmax in fp32 | GPUs (ORT CUDA, TensorRT) |
-| `ov-bf16`  | `<tower>.ov-bf16.xml/.bin`   | OpenVINO IR run in bf16 (AMX / AVX-512-BF16 CPUs)        | OpenVINO CPU |
-| `trt-fp16` | `vision_model.fp16.engine`   | TensorRT engine of the fp16 graph (tensorrt_build.py)    | that GPU + TensorRT |
+Every function here writes a file; which kind of artefact it is (file name, precision, gate,
+runner) is `runtime.contract`'s business, and whether it is published is decided by its gate
+(`variants.py`, through `verify.py` and `runtime`). A variant that cannot be built on this
+machine raises `VariantSkipped` (with the reason); one whose structure is wrong (a fusion that
+did not happen) raises `VariantFailed`.
 """
 
 from __future__ import annotations
@@ -24,13 +16,6 @@ import numpy as np
 import onnx
 
 from .onnx_export import ExportError, quiet
-
-VARIANTS = ("opt", "int8", "int8-qdq", "fp16", "ov-bf16", "trt-fp16")
-# Minimum row cosine of pooler_output against the fp32 eager model.
-DEFAULT_GATES = {"opt": 0.99999, "int8": 0.99, "int8-qdq": 0.99, "fp16": 0.999, "ov-bf16": 0.999, "trt-fp16": 0.999}
-PRECISION = {"opt": "fp32", "int8": "int8", "int8-qdq": "int8", "fp16": "fp16", "ov-bf16": "bf16",
-             "trt-fp16": "fp16"}
-VISION_ONLY = ("int8-qdq", "trt-fp16")  # calibration images / the engine contract name the image tower
 
 # onnxsim passes that emit ONNX Runtime contrib ops (com.microsoft): the plain export must stay
 # standard ONNX so OpenVINO, TensorRT and other runtimes read it. Fusion is the `opt` variant's job.

@@ -38,9 +38,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.artefacts import MANIFEST, Artefacts
+from runtime.artefacts import Artefacts
+from runtime.contract import ENGINE, ONNX
 from runtime.errors import ArtefactError, UserError
-from runtime.session import sha256_file
+from runtime.manifest import MANIFEST, ArtefactRecord, TensorInfo
+from runtime.session import sha256_file, tensorrt_shapes
 
 from . import __version__
 from .publication import (
@@ -55,6 +57,9 @@ REPO_RECORD = "siglip_triton.json"
 VERSION = "1"  # Triton serves the highest numbered version directory; one version per repository
 ONNX_PLATFORM = "onnxruntime_onnx"
 PLAN_PLATFORM = "tensorrt_plan"
+# Artefact formats (runtime.contract) Triton serves, and how; OpenVINO IR is not served here.
+PLATFORMS = {ONNX: ONNX_PLATFORM, ENGINE: PLAN_PLATFORM}
+MODEL_FILES = {ONNX_PLATFORM: "model.onnx", PLAN_PLATFORM: "model.plan"}  # Triton's default file names
 
 # numpy dtype name (as the manifest records it) -> Triton data type.
 TRITON_DTYPES = {
@@ -152,8 +157,8 @@ class _Model:
     source: Path  # the .onnx or .engine in the artefact directory
     sha256: str | None
     extra_files: list[tuple[str, str | None]]  # (file name beside the model, sha256) e.g. external data
-    inputs: list[dict]
-    outputs: list[dict]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
     variant: str | None = None
     precision: str | None = None
     engine_max_batch: int | None = None
@@ -169,97 +174,40 @@ def _copy_checked(source: Path, target: Path, sha256: str | None) -> None:
         raise ArtefactError(f"{source} does not match the sha256 in {MANIFEST} (modified or truncated)")
 
 
-def _onnx_signature(path: Path) -> dict:
-    """IO signature read from the file itself, for entries whose manifest record lacks it."""
-    import onnx
-
-    from .onnx_export import io_signature
-
-    return io_signature(onnx.load(str(path), load_external_data=False))
-
-
-def _engine_max_batch(entry: dict, engine: Path) -> int | None:
-    """The engine's batch profile maximum: from its manifest entry (`build.profile`) or its
-    `<engine>.json` metadata (`profile`); None when neither records it."""
-    records = [entry, entry.get("build") or {}]
-    meta = engine.with_name(engine.name + ".json")
-    if meta.is_file():
-        try:
-            records.append(json.loads(meta.read_text(encoding="utf-8")))
-        except ValueError as exc:
-            raise ArtefactError(f"{meta} is not valid JSON: {exc}") from None
-    for record in records:
-        profile = record.get("profile")
-        if isinstance(profile, dict) and isinstance(profile.get("max"), int):
-            return profile["max"]
-    return None
-
-
-def _kind(entry: dict) -> str:
-    """'engine' (TensorRT), 'onnx', or 'other' (e.g. an OpenVINO IR variant, which is not served here)."""
-    if entry["file"].endswith(".engine"):
-        return "engine"
-    return "onnx" if entry["file"].endswith(".onnx") else "other"
-
-
-def _variant_of(entry: dict) -> str | None:
-    """The manifest's variant key; for records without one, from the name: vision_model.int8.onnx -> int8."""
-    if "variant" in entry:
-        return entry["variant"] or None
-    parts = entry["file"].split(".")
-    return parts[1] if len(parts) == 3 else None
+def _model(record: ArtefactRecord, directory: Path, name: str) -> _Model:
+    """The Triton model serving one manifest record (its signature, files and hashes as recorded)."""
+    profile = (record.build or {}).get("profile") or {}
+    return _Model(
+        name=name, platform=PLATFORMS[record.format], tower=record.tower, source=directory / record.file,
+        sha256=record.sha256, extra_files=[(d.file, d.sha256) for d in record.external_data],
+        inputs=record.inputs, outputs=record.outputs, variant=record.variant, precision=record.precision,
+        engine_max_batch=profile.get("max") if record.format == ENGINE else None,
+    )
 
 
 def plan_models(artefacts: Artefacts, options: TritonOptions) -> list[_Model]:
     """The models a repository for `artefacts` holds under `options`, in a stable order:
     requested ONNX variants (each tower in manifest order), then TensorRT engines."""
-    entries = artefacts.manifest["artefacts"]
-    onnx_entries = [e for e in entries if _kind(e) == "onnx"]
-    plain = {e["tower"]: e for e in onnx_entries if _variant_of(e) is None}
+    manifest = artefacts.manifest
+    onnx_records = manifest.records(format=ONNX)
     models: list[_Model] = []
     for variant in options.variants:
-        chosen = [e for e in onnx_entries if _variant_of(e) == variant]
+        chosen = [r for r in onnx_records if r.variant == variant]
         if not chosen:
             label = variant or "(plain)"
-            other = [e["file"] for e in entries if _variant_of(e) == variant]
+            other = [r.file for r in manifest.artefacts if r.variant == variant]
             if other:
                 raise UserError(f"Triton variant {label!r} is {', '.join(other)}: not an ONNX file, so the "
                                 f"onnxruntime backend cannot serve it (TensorRT engines come with include_engines)")
-            have = sorted({_variant_of(e) or "(plain)" for e in onnx_entries})
+            have = sorted({r.variant or "(plain)" for r in onnx_records})
             raise UserError(f"no ONNX artefact for Triton variant {label!r} in {artefacts.directory} "
                             f"(it has: {', '.join(have) or 'nothing'})")
-        for entry in chosen:
-            path = artefacts.directory / entry["file"]
-            signature = entry if entry.get("inputs") and entry.get("outputs") else _onnx_signature(path)
-            models.append(_Model(
-                name=f"{options.prefix}_{entry['tower']}" + (f"_{variant.replace('-', '_')}" if variant else ""),
-                platform=ONNX_PLATFORM, tower=entry["tower"], source=path, sha256=entry.get("sha256"),
-                extra_files=[(d["file"], d.get("sha256")) for d in entry.get("external_data", [])],
-                inputs=signature["inputs"], outputs=signature["outputs"], variant=variant,
-                precision=entry.get("precision"),
-            ))
-    for entry in entries if options.include_engines else []:
-        if _kind(entry) != "engine":
-            continue
-        path = artefacts.directory / entry["file"]
-        precision = re.sub(r"[^A-Za-z0-9]+", "_", str(entry.get("precision") or entry["file"].split(".")[1]))
-        # An engine computes what its source ONNX computes; where the manifest does not record
-        # the engine's own IO, the tower's plain export does.
-        signature = entry if entry.get("inputs") and entry.get("outputs") else plain.get(entry["tower"])
-        if signature is None:
-            raise ArtefactError(f"{entry['file']}: {MANIFEST} records no inputs/outputs for it or its tower")
-        # Beside the plan: its metadata (`<engine>.json`: the GPU and TensorRT version it was built
-        # for), so an operator can check it against the server's before Triton fails obscurely.
-        extra = [(d["file"], d.get("sha256")) for d in entry.get("external_data", [])]
-        metadata = path.with_name(path.name + ".json")
-        if metadata.is_file() and metadata.name not in [name for name, _ in extra]:
-            extra.append((metadata.name, None))
-        models.append(_Model(
-            name=f"{options.prefix}_{entry['tower']}_trt_{precision}", platform=PLAN_PLATFORM,
-            tower=entry["tower"], source=path, sha256=entry.get("sha256"), extra_files=extra,
-            inputs=signature["inputs"], outputs=signature["outputs"], variant=_variant_of(entry),
-            precision=precision, engine_max_batch=_engine_max_batch(entry, path),
-        ))
+        for record in chosen:
+            suffix = f"_{variant.replace('-', '_')}" if variant else ""
+            models.append(_model(record, artefacts.directory, f"{options.prefix}_{record.tower}{suffix}"))
+    for record in manifest.records(format=ENGINE) if options.include_engines else []:
+        precision = re.sub(r"[^A-Za-z0-9]+", "_", record.precision)
+        models.append(_model(record, artefacts.directory, f"{options.prefix}_{record.tower}_trt_{precision}"))
     names = [m.name for m in models]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
@@ -269,20 +217,20 @@ def plan_models(artefacts: Artefacts, options: TritonOptions) -> list[_Model]:
 
 # --- config.pbtxt ---------------------------------------------------------------------------
 
-def _tensor_block(kind: str, tensors: list[dict], source: Path) -> list[str]:
+def _tensor_block(kind: str, tensors: list[TensorInfo], source: Path) -> list[str]:
     lines = [f"{kind} ["]
     for i, tensor in enumerate(tensors):
-        shape = tensor["shape"]
+        shape = tensor.shape
         if not shape or not isinstance(shape[0], str):
-            raise ArtefactError(f"{source.name}: {tensor['name']} has no symbolic batch axis (shape {shape}); "
+            raise ArtefactError(f"{source.name}: {tensor.name} has no symbolic batch axis (shape {shape}); "
                                 f"Triton's batching needs one")
-        if tensor["dtype"] not in TRITON_DTYPES:
-            raise ArtefactError(f"{source.name}: {tensor['name']} has dtype {tensor['dtype']}, which Triton lacks")
+        if tensor.dtype not in TRITON_DTYPES:
+            raise ArtefactError(f"{source.name}: {tensor.name} has dtype {tensor.dtype}, which Triton lacks")
         dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape[1:])  # -1: variable
         lines += [
             "  {",
-            f'    name: "{tensor["name"]}"',
-            f"    data_type: {TRITON_DTYPES[tensor['dtype']]}",
+            f'    name: "{tensor.name}"',
+            f"    data_type: {TRITON_DTYPES[tensor.dtype]}",
             f"    dims: [ {dims} ]",
             "  }" + ("," if i < len(tensors) - 1 else ""),
         ]
@@ -290,8 +238,7 @@ def _tensor_block(kind: str, tensors: list[dict], source: Path) -> list[str]:
 
 
 def _profile_shapes(model: _Model, batch: int) -> str:
-    """ONNX Runtime's TensorRT profile syntax: `name:BxCxHxW` for every input."""
-    return ",".join(f"{t['name']}:" + "x".join(str(d) for d in [batch, *t["shape"][1:]]) for t in model.inputs)
+    return tensorrt_shapes([(t.name, t.shape) for t in model.inputs], batch)
 
 
 def config_text(model: _Model, options: TritonOptions) -> str:
@@ -306,7 +253,7 @@ def config_text(model: _Model, options: TritonOptions) -> str:
         + (f" (sha256 {model.sha256[:16]}...)" if model.sha256 else ""),
         f'name: "{model.name}"',
         f'platform: "{model.platform}"',
-        f'default_model_filename: "{"model.plan" if model.platform == PLAN_PLATFORM else "model.onnx"}"',
+        f'default_model_filename: "{MODEL_FILES[model.platform]}"',
         f"max_batch_size: {max_batch}",
     ]
     lines += _tensor_block("input", model.inputs, model.source)
@@ -316,7 +263,7 @@ def config_text(model: _Model, options: TritonOptions) -> str:
         lines += [f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]"]
     lines += [f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}"]
     lines += ["instance_group [", "  {", f"    count: {options.instance_count}", f"    kind: {kind}", "  }", "]"]
-    concrete = all(isinstance(d, int) for t in model.inputs for d in t["shape"][1:])
+    concrete = all(isinstance(d, int) for t in model.inputs for d in t.shape[1:])
     if options.tensorrt_accelerator and model.platform == ONNX_PLATFORM:
         opt = preferred[-1] if preferred else max_batch
         parameters = {
@@ -379,7 +326,7 @@ def write_triton_repo(artefact_dir: str | os.PathLike, repo_dir: str | os.PathLi
         for model in models:
             version_dir = scratch / model.name / VERSION
             version_dir.mkdir(parents=True)
-            filename = "model.plan" if model.platform == PLAN_PLATFORM else "model.onnx"
+            filename = MODEL_FILES[model.platform]
             _copy_checked(model.source, version_dir / filename, model.sha256)
             # External data is found by the file name recorded inside the .onnx, relative to it:
             # keep that exact name (e.g. vision_model.onnx.data) beside model.onnx.
@@ -394,7 +341,7 @@ def write_triton_repo(artefact_dir: str | os.PathLike, repo_dir: str | os.PathLi
             "format": "siglip-export-triton/1",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "artefact_dir": str(source.resolve()),
-            "manifest_created": artefacts.manifest.get("created"),
+            "manifest_created": artefacts.manifest.created,
             "options": {k: v for k, v in options.__dict__.items() if k != "preferred"},
             "models": record,
         }, indent=2) + "\n")
@@ -405,83 +352,11 @@ def write_triton_repo(artefact_dir: str | os.PathLike, repo_dir: str | os.PathLi
     return [repo / model.name for model in models]
 
 
-# --- command line ---------------------------------------------------------------------------
-# The flags live here, next to the options they set, so `export.py --triton-repo DIR` and
-# `python -m siglip_export.triton ARTEFACTS DIR` (for an export that already exists) share them.
-
-def _batch_list(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated batch sizes (empty: none); TritonOptions checks their range."""
-    import argparse
-
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+__all__ = ["REPO_RECORD", "TRITON_DTYPES", "TritonOptions", "check_repo_target", "config_text", "plan_models",
+           "write_triton_repo"]
 
 
-def add_triton_arguments(parser) -> None:
-    """The --triton-* flags (all but --triton-repo) on an argparse parser."""
-    from runtime.cli_support import positive_int
+if __name__ == "__main__":  # `python -m siglip_export.triton ARTEFACTS REPO`: the command line lives beside it
+    from .triton_cli import main
 
-    group = parser.add_argument_group("Triton model repository")
-    group.add_argument("--triton-max-batch", type=positive_int, default=64, metavar="N",
-                       help="max_batch_size of every model (default 64; a TensorRT engine: at most its profile's max)")
-    group.add_argument("--triton-preferred-batch", type=_batch_list, default=(8, 16, 32), metavar="8,16,32",
-                       help="batch sizes the dynamic batcher prefers to form (default 8,16,32; empty: none)")
-    group.add_argument("--triton-queue-delay-us", type=int, default=100, metavar="US",
-                       help="how long a request may wait for others to batch with, microseconds (default 100)")
-    group.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
-                       help="model instances per device (default 1)")
-    group.add_argument("--triton-kind", choices=("auto", "gpu", "cpu"), default="auto",
-                       help="where instances run: auto (GPU if there is one), gpu or cpu (default auto)")
-    group.add_argument("--triton-tensorrt", action="store_true",
-                       help="run the ONNX models through ONNX Runtime's TensorRT execution provider")
-    group.add_argument("--triton-tensorrt-precision", choices=("fp32", "fp16", "int8"), default="fp16",
-                       help="precision for --triton-tensorrt (default fp16; int8 needs a QDQ variant)")
-    group.add_argument("--triton-variants", default="plain", metavar="plain,opt,...",
-                       help="ONNX files to serve: plain (<tower>_model.onnx) and/or variant names (default plain)")
-    group.add_argument("--no-triton-engines", action="store_true",
-                       help="leave out the TensorRT engines the export built (served as tensorrt_plan by default)")
-    group.add_argument("--triton-prefix", default="siglip", metavar="NAME",
-                       help="first part of every model name (default siglip: siglip_vision, siglip_text, ...)")
-
-
-def triton_options(args) -> TritonOptions:
-    """TritonOptions from parsed --triton-* flags (UserError naming a bad value)."""
-    variants = [v.strip() for v in args.triton_variants.split(",") if v.strip()]
-    return TritonOptions(
-        max_batch_size=args.triton_max_batch, preferred_batch_sizes=args.triton_preferred_batch,
-        max_queue_delay_us=args.triton_queue_delay_us, instance_count=args.triton_instances,
-        instance_kind=f"KIND_{args.triton_kind.upper()}", tensorrt_accelerator=args.triton_tensorrt,
-        tensorrt_precision=args.triton_tensorrt_precision.upper(),
-        variants=tuple(None if v == "plain" else v for v in variants),
-        include_engines=not args.no_triton_engines, prefix=args.triton_prefix,
-    )
-
-
-def main(argv=None) -> int:
-    """`python -m siglip_export.triton ARTEFACTS REPO [--triton-* flags]`: exit 0 written, 2 bad input."""
-    from runtime.cli_support import ArgumentParser, run_command
-
-    parser = ArgumentParser(prog="python -m siglip_export.triton",
-                            description="Write a Triton Inference Server model repository from an artefact "
-                            "directory written by export.py.")
-    parser.add_argument("artefacts", type=Path, help="artefact directory (with manifest.json)")
-    parser.add_argument("repo", type=Path, help="model repository to write (replaced whole if written here before)")
-    add_triton_arguments(parser)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
-
-    def write():
-        for model_dir in write_triton_repo(args.artefacts, args.repo, triton_options(args)):
-            print(model_dir)
-
-    return run_command(write, debug=args.debug)
-
-
-__all__ = ["REPO_RECORD", "TRITON_DTYPES", "TritonOptions", "add_triton_arguments", "check_repo_target",
-           "config_text", "main", "plan_models", "triton_options", "write_triton_repo"]
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

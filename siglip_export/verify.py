@@ -1,23 +1,23 @@
 """Parity gates: an artefact, run through `runtime`, against the eager PyTorch model.
 
-Two measures per output, both computed in float64:
-- relative error: max |artefact - eager| / max |eager| over the whole tensor;
-- minimum row cosine: the worst cosine similarity between matching vectors along the last
-  axis (every token of `last_hidden_state`, every embedding of `pooler_output`).
+Two measures per output (`runtime.parity`): the relative error and the minimum row cosine.
 A gate is passed only when every output, at every batch size, on every input set, is within it.
+The result is the manifest's typed `Parity` record (`runtime.contract`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from runtime.contract import Runner
+from runtime.manifest import GateRecord, OutputMetrics, Parity, ParityRow
+from runtime.parity import min_row_cosine, relative_error
 from runtime.preprocess import ImageSettings, preprocess
-from runtime.session import OnnxModel
 
 from .onnx_export import TowerSpec
 
@@ -40,10 +40,10 @@ class Gate:
     min_cosine: float = 0.99999
     outputs: tuple[str, ...] = ("last_hidden_state", "pooler_output")
 
-    def passes(self, metrics: dict[str, dict]) -> bool:
+    def passes(self, metrics: dict[str, OutputMetrics]) -> bool:
         return all(
-            metrics[o]["min_cosine"] >= self.min_cosine
-            and (self.max_rel_err is None or metrics[o]["rel_err"] <= self.max_rel_err)
+            metrics[o].min_cosine >= self.min_cosine
+            and (self.max_rel_err is None or metrics[o].rel_err <= self.max_rel_err)
             for o in self.outputs
         )
 
@@ -51,31 +51,20 @@ class Gate:
         text = f"min_cosine >= {self.min_cosine} on {', '.join(self.outputs)}"
         return f"rel_err <= {self.max_rel_err:g}, {text}" if self.max_rel_err is not None else text
 
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    scale = np.abs(expected).max()
-    return float(np.abs(actual - expected).max() / scale) if scale > 0 else float(np.abs(actual).max())
+    def record(self) -> GateRecord:
+        return GateRecord(min_cosine=self.min_cosine, max_rel_err=self.max_rel_err, outputs=list(self.outputs))
 
 
-def min_row_cosine(actual: np.ndarray, expected: np.ndarray) -> float:
-    a = np.asarray(actual, np.float64).reshape(-1, actual.shape[-1])
-    e = np.asarray(expected, np.float64).reshape(-1, expected.shape[-1])
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(e, axis=1)
-    cos = np.where(denom > 0, (a * e).sum(axis=1) / np.where(denom > 0, denom, 1), 0.0)
-    return float(cos.min())
-
-
-def compare(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, dict]:
+def compare(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, OutputMetrics]:
     metrics = {}
     for name, ref in expected.items():
         out = actual[name]
         if out.shape != ref.shape:
             raise VerificationError(f"{name}: artefact shape {out.shape} differs from eager {ref.shape}")
         if not np.isfinite(out).all():
-            metrics[name] = {"rel_err": float("inf"), "min_cosine": float("-inf")}
+            metrics[name] = OutputMetrics(rel_err=float("inf"), min_cosine=float("-inf"))
             continue
-        metrics[name] = {"rel_err": relative_error(out, ref), "min_cosine": min_row_cosine(out, ref)}
+        metrics[name] = OutputMetrics(rel_err=relative_error(out, ref), min_cosine=min_row_cosine(out, ref))
     return metrics
 
 
@@ -123,36 +112,24 @@ def eager_outputs(tower: torch.nn.Module, x: np.ndarray) -> dict[str, np.ndarray
 
 
 def verify_artefact(
-    model: OnnxModel,
+    model: Runner,
     reference: Callable[[np.ndarray], dict[str, np.ndarray]],
     inputs: list[tuple[str, np.ndarray]],
     gate: Gate,
-) -> dict:
+) -> Parity:
     """Run every input through the artefact and the reference; the manifest's parity record."""
     rows = []
     for kind, x in inputs:
         metrics = compare(model.run(x), reference(x))
-        rows.append({"inputs": kind, "batch_size": int(x.shape[0]), **metrics, "passed": gate.passes(metrics)})
-    gate_record = {**asdict(gate), "outputs": list(gate.outputs)}
-    return {"gate": gate_record, "passed": all(r["passed"] for r in rows), "provider": model.provider,
-            "results": rows}
+        rows.append(ParityRow(inputs=kind, batch_size=int(x.shape[0]), outputs=metrics, passed=gate.passes(metrics)))
+    return Parity(gate=gate.record(), passed=all(r.passed for r in rows), provider=model.provider, results=rows)
 
 
-def worst(parity: dict) -> dict[str, float]:
-    """The worst numbers of a parity record: min cosine and max relative error per output."""
-    out = {}
-    for name in ("last_hidden_state", "pooler_output"):
-        out[f"{name}_min_cosine"] = min(r[name]["min_cosine"] for r in parity["results"])
-        out[f"{name}_rel_err"] = max(r[name]["rel_err"] for r in parity["results"])
-    return out
-
-
-def describe_failures(file: str, parity: dict, gate: Gate) -> str:
+def describe_failures(file: str, parity: Parity, gate: Gate) -> str:
     lines = [f"{file} does not match the eager model (gate: {gate.describe()})"]
-    for row in parity["results"]:
-        if not row["passed"]:
-            for name in ("last_hidden_state", "pooler_output"):
-                m = row[name]
-                lines.append(f"  {row['inputs']} batch {row['batch_size']} {name}: "
-                             f"rel_err {m['rel_err']:.3g}, min_cosine {m['min_cosine']:.7f}")
+    for row in parity.results:
+        if not row.passed:
+            for name, m in row.outputs.items():
+                lines.append(f"  {row.inputs} batch {row.batch_size} {name}: "
+                             f"rel_err {m.rel_err:.3g}, min_cosine {m.min_cosine:.7f}")
     return "\n".join(lines)

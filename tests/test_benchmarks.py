@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
+import benchmarks.machine
 from benchmarks import run as bench
 from benchmarks.backends import BACKENDS, floor_key
 from benchmarks.floor import chain_flops, layer_dims
@@ -144,7 +145,7 @@ def test_smoke_run_on_tiny_export(tiny_artefacts, tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU: the smoke run measures the GPU backends")
 def test_gpu_backends_say_why_they_cannot_run(tiny_artefacts, tmp_path, monkeypatch):
     """Past the parent's driver check, the GPU workers themselves must fail cleanly, with the reason."""
-    monkeypatch.setattr(bench, "nvidia_gpu", lambda: "Pretend GPU")
+    monkeypatch.setattr(benchmarks.machine, "nvidia_gpu", lambda: "Pretend GPU")
     monkeypatch.setenv("HOME", str(tmp_path))  # the TensorRT provider's engine cache goes under ~/.cache
     out_json = tmp_path / "gpu.json"
     argv = ["--artefacts", str(tiny_artefacts[0]), "--batch-sizes", "1", "--iterations", "2", "--warmup", "1",

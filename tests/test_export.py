@@ -124,12 +124,12 @@ def test_external_data_with_forced_threshold(tmp_path):
     hf_model(tiny_config()).save_pretrained(ckpt)
     manifest = run_export(ExportOptions(checkpoint=ckpt, output_dir=tmp_path / "out", towers=("vision",),
                                         external_data_threshold=1000), emit=None)
-    art = manifest["artefacts"][0]
+    art = manifest.artefacts[0]
     data = tmp_path / "out" / "vision_model.onnx.data"
-    assert art["external_data"] == [{"file": "vision_model.onnx.data", "sha256": sha256(data)}]
+    assert [(d.file, d.sha256) for d in art.external_data] == [("vision_model.onnx.data", sha256(data))]
     assert data.stat().st_size > (tmp_path / "out" / "vision_model.onnx").stat().st_size
     assert data.stat().st_mode & 0o777 == (tmp_path / "out" / "vision_model.onnx").stat().st_mode & 0o777
-    assert art["parity"]["passed"]
+    assert art.parity.passed
     assert OnnxModel(tmp_path / "out" / "vision_model.onnx").run(np.zeros((2, 3, 32, 32), np.float32))
     data.rename(tmp_path / "elsewhere.data")
     with pytest.raises(ArtefactError, match="vision_model.onnx"):
@@ -141,8 +141,8 @@ def test_towers_flag_and_vision_only_checkpoint(tmp_path):
     hf = hf_model(config.vision_config)
     ckpt = write_checkpoint(tmp_path / "v", config.vision_config.to_dict(), hf.state_dict())
     manifest = run_export(ExportOptions(checkpoint=ckpt, output_dir=tmp_path / "out", verify_batch_sizes=(2,)), emit=None)
-    assert [a["file"] for a in manifest["artefacts"]] == ["vision_model.onnx"]
-    assert manifest["model"]["logit_scale"] is None
+    assert [a.file for a in manifest.artefacts] == ["vision_model.onnx"]
+    assert manifest.model.logit_scale is None
     assert export_cli.main(["--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "o2"), "--towers", "text"]) == 2
 
 

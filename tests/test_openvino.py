@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import rel_err
 
+from runtime.parity import min_row_cosine as min_cosine
 from runtime.preprocess import ImageSettings, preprocess
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[dev]')")
@@ -45,12 +46,6 @@ def run_openvino(compiled, x: np.ndarray) -> dict[str, np.ndarray]:
 def run_ort(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x})))
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return float((a * b).sum(-1).min())
 
 
 @pytest.fixture(scope="module")

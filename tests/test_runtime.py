@@ -210,10 +210,13 @@ def test_cli_errors_are_one_line(tiny_artefacts, tmp_path, capsys):
         (["embed", str(tmp_path / "nodir"), str(PHOTOS[0]), "--output", str(out)], "artefact directory not found"),
         (["embed", str(artefacts), str(PHOTOS[0]), "--output", str(tmp_path / "x.txt")], "must end in .npy"),
         (["classify", str(artefacts), str(PHOTOS[0]), "--labels", "cat"], "has no tokenizer"),
-        (["embed", str(artefacts), str(PHOTOS[0]), "--output", str(out), "--provider", "cuda"] if not nvidia_driver_present()
-         else ["embed", str(artefacts), str(PHOTOS[0]), "--output", str(out), "--variant", "nope"],
-         "cuda" if not nvidia_driver_present() else "vision_model.nope.onnx"),
+        (["embed", str(artefacts), str(PHOTOS[0]), "--output", str(out), "--variant", "nope"],
+         "unknown variant 'nope' (choose from opt, int8"),
+        (["embed", str(artefacts), str(PHOTOS[0]), "--output", str(out), "--variant", "fp16"],
+         "has no vision_model.fp16.onnx (the export has: vision_model.onnx, text_model.onnx)"),
     ]
+    if not nvidia_driver_present():
+        cases.append((["embed", str(artefacts), str(PHOTOS[0]), "--output", str(out), "--provider", "cuda"], "cuda"))
     for argv, message in cases:
         capsys.readouterr()
         assert runtime_main(argv) == 2, argv
@@ -344,7 +347,7 @@ def test_native_tensorrt_engine_builds_and_matches(tmp_path):
     hf_model(tiny_config()).save_pretrained(ckpt)
     manifest = run_export(ExportOptions(checkpoint=ckpt, output_dir=tmp_path / "o", towers=("vision",),
                                         variants=("trt-fp16",), trt_profile=(1, 4, 8)), emit=None)
-    assert [a["file"] for a in manifest["artefacts"]] == ["vision_model.onnx", "vision_model.fp16.engine"]
+    assert [a.file for a in manifest.artefacts] == ["vision_model.onnx", "vision_model.fp16.engine"]
     engine = TensorRTEngine(tmp_path / "o" / "vision_model.fp16.engine")
     pixels = preprocess(PHOTOS[:4], ImageSettings(height=32, width=32))
     cpu = OnnxModel(tmp_path / "o" / "vision_model.onnx").run(pixels)["pooler_output"]

@@ -27,8 +27,8 @@ from conftest import hf_model, tiny_config
 from runtime import ArtefactError, UserError
 from runtime.preprocess import ImageSettings, preprocess
 from runtime.session import OnnxModel
+from runtime.session import sha256_file as sha256
 from siglip_export.triton import REPO_RECORD, TritonOptions, write_triton_repo
-
 
 
 def _load_model_config_pb2():
@@ -190,15 +190,16 @@ def with_variant_and_engine(tiny_artefacts, tmp_path):
     (artefacts / "vision_model.fp16.engine").write_bytes(b"\x00placeholder engine\xff" * 10)
     profile = {"min": 1, "opt": 8, "max": 32}
     (artefacts / "vision_model.fp16.engine.json").write_text(json.dumps({"profile": profile}))
+
+    def record(file, variant, fmt, precision, **extra):  # the plain record's signature and parity, as the contract says
+        return {**vision, "file": file, "variant": variant, "format": fmt, "precision": precision,
+                "sha256": sha256(artefacts / file), "external_data": [], **extra}
+
     manifest["artefacts"] += [
-        # no inputs/outputs recorded: the signature is read from the .onnx itself
-        {"file": "vision_model.int8-qdq.onnx", "tower": "vision", "variant": "int8-qdq", "precision": "int8",
-         "external_data": []},
-        {"file": "vision_model.ov-bf16.xml", "tower": "vision", "variant": "ov-bf16", "precision": "bf16",
-         "external_data": [], "inputs": vision["inputs"], "outputs": vision["outputs"]},
-        {"file": "vision_model.fp16.engine", "tower": "vision", "variant": "trt-fp16", "precision": "fp16",
-         "external_data": [{"file": "vision_model.fp16.engine.json"}], "build": {"profile": profile},
-         "inputs": vision["inputs"], "outputs": vision["outputs"]},
+        record("vision_model.int8-qdq.onnx", "int8-qdq", "onnx", "int8"),
+        record("vision_model.ov-bf16.xml", "ov-bf16", "openvino", "bf16"),
+        record("vision_model.fp16.engine", "trt-fp16", "engine", "fp16", build={"profile": profile},
+               external_data=[{"file": "vision_model.fp16.engine.json", "sha256": None}]),
     ]
     (artefacts / "manifest.json").write_text(json.dumps(manifest))
     return artefacts

@@ -13,6 +13,7 @@ from conftest import hf_model, tiny_config
 
 import export as export_cli
 from runtime import ImageEncoder, InputError
+from runtime.manifest import Manifest
 from runtime.session import OnnxModel
 from siglip_export.pipeline import ExportOptions, run_export
 
@@ -38,42 +39,52 @@ def exported(checkpoint):
 
 
 def by_file(manifest):
-    return {a["file"]: a for a in manifest["artefacts"]}
+    return {a.file: a for a in manifest.artefacts}
+
+
+def ov_bf16_published(manifest) -> bool:
+    """OpenVINO builds ov-bf16 only where the CPU has bf16 (AMX or AVX-512-BF16); elsewhere the
+    export must say why it skipped it."""
+    if "vision_model.ov-bf16.xml" in by_file(manifest):
+        return True
+    if HAVE_OPENVINO:
+        reasons = {s.file: s.reason for s in manifest.skipped}
+        assert "no bf16 support" in reasons["vision_model.ov-bf16.xml"], reasons
+    return False
 
 
 def test_variants_published_within_their_gates(exported):
     out, manifest = exported
     arts = by_file(manifest)
-    expected = {"opt": 0.99999, "int8": 0.99, "fp16": 0.999} | ({"ov-bf16": 0.999} if HAVE_OPENVINO else {})
+    expected = {"opt": 0.99999, "int8": 0.99, "fp16": 0.999} | ({"ov-bf16": 0.999} if ov_bf16_published(manifest) else {})
     for tower in ("vision_model", "text_model"):
         for variant, gate in expected.items():
             file = f"{tower}.{variant}.{'xml' if variant == 'ov-bf16' else 'onnx'}"
             art = arts[file]
-            assert (out / file).is_file() and art["variant"] == variant
-            assert art["parity"]["gate"]["min_cosine"] == gate and art["parity"]["passed"]
-            assert art["accuracy"]["pooler_output_min_cosine"] >= gate
-            assert art["accuracy"]["last_hidden_state_rel_err"] > 0  # reported, not gated
-            assert {r["batch_size"] for r in art["parity"]["results"]} == {1, 3, 8}
-            for extra in art["external_data"]:
-                assert (out / extra["file"]).is_file()
-    assert arts["vision_model.int8.onnx"]["precision"] == "int8"
-    assert arts["vision_model.fp16.onnx"]["precision"] == "fp16"
-    assert manifest["rejected"] == []
+            assert (out / file).is_file() and art.variant == variant
+            assert art.parity.gate.min_cosine == gate and art.parity.passed
+            assert art.accuracy["pooler_output_min_cosine"] >= gate
+            assert art.accuracy["last_hidden_state_rel_err"] > 0  # reported, not gated
+            assert art.parity.batch_sizes == [1, 3, 8]
+            for extra in art.external_data:
+                assert (out / extra.file).is_file()
+    assert arts["vision_model.int8.onnx"].precision == "int8"
+    assert arts["vision_model.fp16.onnx"].precision == "fp16"
+    assert manifest.rejected == []
     # Every file in the directory is recorded; nothing intermediate (raw exports) is left.
-    listed = set(manifest["files"]) | {"manifest.json"}
-    for art in manifest["artefacts"]:
-        listed |= {art["file"], *(d["file"] for d in art["external_data"])}
-    assert {p.name for p in out.iterdir()} == listed
+    assert {p.name for p in out.iterdir()} == manifest.owned_files()
+    # What was published is what the manifest on disk says.
+    assert Manifest.read(out).to_dict() == manifest.to_dict()
 
 
 def test_fused_op_counts(exported):
     out, manifest = exported
     layers = tiny_config().vision_config.num_hidden_layers
     arts = by_file(manifest)
-    assert arts["vision_model.opt.onnx"]["build"]["fused_ops"] == {
+    assert arts["vision_model.opt.onnx"].build["fused_ops"] == {
         "Attention": layers, "SkipLayerNormalization": 2 * layers, "GELU": layers + 1, "FastGelu": layers + 1}
-    assert arts["text_model.opt.onnx"]["build"]["fused_ops"]["Attention"] == layers
-    assert arts["vision_model.int8.onnx"]["build"]["quantized_ops"]["QAttention"] == layers
+    assert arts["text_model.opt.onnx"].build["fused_ops"]["Attention"] == layers
+    assert arts["vision_model.int8.onnx"].build["quantized_ops"]["QAttention"] == layers
     counts = {}
     for node in onnx.load(str(out / "vision_model.opt.onnx")).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -82,16 +93,14 @@ def test_fused_op_counts(exported):
 
 def test_batch_axis_symbolic_in_every_onnx_variant(exported):
     out, manifest = exported
-    for art in manifest["artefacts"]:
-        if not art["file"].endswith(".onnx"):
-            continue
-        model = onnx.load(str(out / art["file"]), load_external_data=False)
+    for art in manifest.records(format="onnx"):
+        model = onnx.load(str(out / art.file), load_external_data=False)
         for value in [*model.graph.input, *model.graph.output]:
-            assert value.type.tensor_type.shape.dim[0].dim_param == "batch", (art["file"], value.name)
+            assert value.type.tensor_type.shape.dim[0].dim_param == "batch", (art.file, value.name)
         assert model.graph.input[0].type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64)
         meta = {p.key: p.value for p in model.metadata_props}
-        assert meta.get("siglip.variant") == art["variant"]
-        assert art["inputs"][0]["shape"][0] == "batch"
+        assert meta.get("siglip.variant") == art.variant
+        assert art.inputs[0].shape[0] == "batch"
 
 
 def test_plain_export_is_portable_standard_onnx(exported):
@@ -103,9 +112,10 @@ def test_plain_export_is_portable_standard_onnx(exported):
 
 
 def test_runtime_runs_every_variant(exported):
-    out, _ = exported
+    out, manifest = exported
     reference = ImageEncoder(out, provider="cpu").embed(PHOTOS[:4], normalize=True)
-    for variant, gate in {"opt": 0.99999, "int8": 0.99, "fp16": 0.999, **({"ov-bf16": 0.999} if HAVE_OPENVINO else {})}.items():
+    ov = {"ov-bf16": 0.999} if ov_bf16_published(manifest) else {}
+    for variant, gate in {"opt": 0.99999, "int8": 0.99, "fp16": 0.999, **ov}.items():
         encoder = ImageEncoder(out, variant=variant, provider="cpu")
         vectors = encoder.embed(PHOTOS[:4], normalize=True)
         assert (vectors * reference).sum(axis=1).min() >= gate, variant
@@ -119,8 +129,8 @@ def test_runtime_runs_every_variant(exported):
 @pytest.mark.skipif(HAVE_TENSORRT, reason="checks the skip path on machines without TensorRT")
 def test_tensorrt_variant_skipped_with_reason(exported):
     out, manifest = exported
-    skipped = {s["file"]: s for s in manifest["skipped"]}
-    assert "tensorrt" in skipped["vision_model.fp16.engine"]["reason"]
+    skipped = {s.file: s for s in manifest.skipped}
+    assert "tensorrt" in skipped["vision_model.fp16.engine"].reason
     assert not (out / "vision_model.fp16.engine").exists()
 
 
@@ -128,7 +138,7 @@ def test_tensorrt_variant_skipped_with_reason(exported):
 def test_openvino_variant_skipped_without_openvino(checkpoint, tmp_path):
     manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",),
                                         variants=("ov-bf16",), verify_batch_sizes=(2,)), emit=None)
-    assert "openvino is not installed" in manifest["skipped"][0]["reason"]
+    assert "openvino is not installed" in manifest.skipped[0].reason
 
 
 def test_impossible_gates_reject_and_others_still_publish(checkpoint, tmp_path, capsys):
@@ -155,10 +165,10 @@ def test_incomplete_fusion_is_rejected_with_counts(checkpoint, tmp_path, monkeyp
                         lambda config, tower: {"Attention": 99, "SkipLayerNormalization": 4, "GELU": 3})
     manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",),
                                         variants=("opt", "int8"), verify_batch_sizes=(2,)), emit=None)
-    reasons = {r["file"]: r["reason"] for r in manifest["rejected"]}
+    reasons = {r.file: r.reason for r in manifest.rejected}
     assert reasons["vision_model.opt.onnx"] == "fusion incomplete: Attention 2 of 99"
     assert reasons["vision_model.int8.onnx"] == reasons["vision_model.opt.onnx"]  # int8 is built on opt
-    assert [a["file"] for a in manifest["artefacts"]] == ["vision_model.onnx"]
+    assert [a.file for a in manifest.artefacts] == ["vision_model.onnx"]
 
 
 def test_int8_qdq_uses_calibration_images(checkpoint, tmp_path):
@@ -170,8 +180,8 @@ def test_int8_qdq_uses_calibration_images(checkpoint, tmp_path):
                                         variants=("int8-qdq",), gates={"int8-qdq": -1.0}, verify_batch_sizes=(2,),
                                         calibration_images=calibration), emit=None)
     art = by_file(manifest)["vision_model.int8-qdq.onnx"]
-    assert art["build"]["calibration_images"] == 3
-    assert art["build"]["quantized_ops"]["QuantizeLinear"] > 0
+    assert art.build["calibration_images"] == 3
+    assert art.build["quantized_ops"]["QuantizeLinear"] > 0
     model = onnx.load(str(tmp_path / "o" / "vision_model.int8-qdq.onnx"))
     assert {n.domain for n in model.graph.node} <= {""}  # QDQ: standard ops only, portable
 
@@ -202,43 +212,47 @@ def test_artefacts_know_which_tower_has_which_variant(exported):
     artefacts = Artefacts(out)
     assert artefacts.has_variant("vision", "int8") and artefacts.has_variant("text", "int8")
     assert not artefacts.has_variant("text", "int8-qdq")  # image-only: the classifier's text side stays fp32
-    engine_built = any(a["variant"] == "trt-fp16" for a in manifest["artefacts"])  # only with TensorRT and a GPU
+    engine_built = manifest.find("vision", "trt-fp16") is not None  # only with TensorRT and a GPU
     assert artefacts.has_variant("vision", "trt-fp16") == engine_built
 
 
 def test_opset_20_exports_native_gelu_and_still_fuses(checkpoint, tmp_path):
     manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",), opset=20,
                                         variants=("opt",), verify_batch_sizes=(2,)), emit=None)
-    fused = by_file(manifest)["vision_model.opt.onnx"]["build"]["fused_ops"]
+    fused = by_file(manifest)["vision_model.opt.onnx"].build["fused_ops"]
     assert fused["Attention"] == 2 and fused["GELU"] == 3 and fused.get("FastGelu", 0) == 0  # BiasGelu instead
-    assert by_file(manifest)["vision_model.opt.onnx"]["opset"] == 20
+    assert by_file(manifest)["vision_model.opt.onnx"].opset == 20
 
 
 def test_image_only_variants_are_reported_skipped_for_the_text_tower(checkpoint, tmp_path):
     manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("text",),
                                         variants=("int8-qdq", "trt-fp16"), verify_batch_sizes=(2,)), emit=None)
-    skipped = {s["file"]: s["reason"] for s in manifest["skipped"]}
+    skipped = {s.file: s.reason for s in manifest.skipped}
     assert skipped == {"text_model.int8-qdq.onnx": "int8-qdq is made for the image tower only",
                        "text_model.fp16.engine": "trt-fp16 is made for the image tower only"}
 
 
 def test_a_variant_that_crashes_is_rejected_and_the_rest_published(checkpoint, tmp_path, monkeypatch):
-    import siglip_export.pipeline as pipeline
+    import siglip_export.variants as variants
 
     def broken(path):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(pipeline, "build_fp16", broken)
+    monkeypatch.setattr(variants, "build_fp16", broken)
     manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",),
                                         variants=("fp16", "opt"), verify_batch_sizes=(2,)), emit=None)
-    assert manifest["rejected"][0]["reason"] == "build failed: RuntimeError: converter exploded"
-    assert [a["file"] for a in manifest["artefacts"]] == ["vision_model.onnx", "vision_model.opt.onnx"]
+    assert manifest.rejected[0].reason == "build failed: RuntimeError: converter exploded"
+    assert [a.file for a in manifest.artefacts] == ["vision_model.onnx", "vision_model.opt.onnx"]
 
 
 def test_runtime_refuses_a_provider_that_does_not_apply(exported):
-    out, _ = exported
-    if HAVE_OPENVINO:
+    out, manifest = exported
+    if ov_bf16_published(manifest):
         with pytest.raises(InputError, match=r"vision_model.ov-bf16.xml runs on OpenVINO \(CPU\); provider 'cuda'"):
             ImageEncoder(out, variant="ov-bf16", provider="cuda")
+    # The registry says int8 (QAttention, MatMulInteger) runs on ONNX Runtime's CPU kernels only.
+    with pytest.raises(InputError, match=r"vision_model.int8.onnx runs on ONNX Runtime with provider cpu; "
+                                         r"provider 'tensorrt' does not apply \(use auto or cpu\)"):
+        ImageEncoder(out, variant="int8", provider="tensorrt")
     with pytest.raises(InputError, match="variant 'int8' needs an artefact directory"):
         ImageEncoder(out / "vision_model.onnx", variant="int8")

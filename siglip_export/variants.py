@@ -1,0 +1,243 @@
+"""Build, verify and gate the faster variants of one tower.
+
+Every variant is an artefact kind in `runtime.contract` (its file name, format, precision,
+gate, runner) plus a builder here, registered with `@builder("name")`: a function that writes
+the kind's file into the scratch directory and returns a `Built`. Verification and gating are
+the same for every kind: the file is loaded with the runner its kind names (the code path
+users deploy) and compared with the eager model on the photos and random inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import onnx
+
+from runtime.contract import KINDS, ONNX, ArtefactKind, open_runner
+from runtime.errors import UserError
+from runtime.manifest import ArtefactRecord, Unpublished
+from runtime.preprocess import ImageSettings, preprocess
+
+from .onnx_export import TowerSpec, ensure_batch_axis, io_signature, save_model, set_metadata
+from .optimize import (
+    VariantFailed,
+    VariantSkipped,
+    build_fp16,
+    build_int8,
+    build_int8_qdq,
+    build_openvino,
+    build_opt,
+)
+from .records import file_record
+from .tensorrt_build import build_engine, tensorrt_available
+from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, eager_outputs, verify_artefact
+
+if TYPE_CHECKING:
+    from .options import ExportOptions
+    from .progress import Progress
+
+TIMING_CACHE = "tensorrt.timing_cache"
+
+
+@dataclass
+class Built:
+    """What a builder wrote: the model file, its build report (the manifest's `build`), the files
+    beside it that belong to it (external data, OpenVINO weights, engine metadata), and files
+    published beside the manifest that several artefacts may share (a TensorRT timing cache)."""
+
+    path: Path
+    info: dict
+    data_files: list[str] = field(default_factory=list)
+    shared_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TowerExport:
+    """One tower as the pipeline exported it: what every builder and the verification need."""
+
+    name: str  # "vision" | "text"
+    module: object  # the eager tower (torch.nn.Module)
+    spec: TowerSpec
+    plain: Path  # the verified plain export
+    raw: Path  # the unsimplified export (ORT's fusions need it)
+    metadata: dict[str, str]  # stamped into every ONNX file's metadata_props
+    image_settings: ImageSettings
+    inputs: list[tuple[str, np.ndarray]]  # the verification inputs
+    plain_record: ArtefactRecord | None = None
+
+    @property
+    def scratch(self) -> Path:
+        return self.plain.parent
+
+
+Builder = Callable[["VariantBuilder", ArtefactKind, Path], Built]
+BUILDERS: dict[str, Builder] = {}
+
+
+def builder(variant: str) -> Callable[[Builder], Builder]:
+    """Register the function that builds `variant`'s file (the kind must be in runtime.contract)."""
+
+    def register(fn: Builder) -> Builder:
+        BUILDERS[variant] = fn
+        return fn
+
+    return register
+
+
+class VariantBuilder:
+    """Builds the variants of one tower, each file once; a kind built from another
+    (`builds_from`) builds that one on demand, published or not."""
+
+    def __init__(self, tower: TowerExport, options: ExportOptions):
+        self.tower, self.options = tower, options
+        self.built: dict[str, Built] = {}
+
+    def build(self, variant: str) -> Built:
+        if variant not in self.built:
+            kind = KINDS[variant]
+            self.built[variant] = BUILDERS[variant](self, kind, self.tower.scratch / kind.file(self.tower.name))
+        return self.built[variant]
+
+    def save(self, model: onnx.ModelProto, path: Path, variant: str) -> list[str]:
+        """Stamp the batch axis and metadata, save; returns the external data files."""
+        ensure_batch_axis(model, self.tower.spec.input_name)
+        set_metadata(model, {**self.tower.metadata, "siglip.variant": variant})
+        return save_model(model, path, self.options.external_data_threshold)
+
+    def restamp(self, path: Path, variant: str) -> list[str]:
+        """Metadata and batch-axis name for a file another tool wrote (weights stay where they are)."""
+        model = onnx.load(str(path), load_external_data=False)
+        ensure_batch_axis(model, self.tower.spec.input_name)
+        set_metadata(model, {**self.tower.metadata, "siglip.variant": variant})
+        onnx.save_model(model, str(path))
+        return [f for f in (f"{path.name}.data",) if (path.parent / f).is_file()]
+
+
+# --- builders: one per kind in runtime.contract.KINDS ----------------------------------------
+
+@builder("opt")
+def _opt(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    model, info = build_opt(b.tower.raw, b.tower.module.config, b.tower.name)
+    return Built(path, info, b.save(model, path, kind.variant))
+
+
+@builder("int8")
+def _int8(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    info = build_int8(b.build(kind.builds_from).path, path, b.tower.module.config)
+    return Built(path, info, b.restamp(path, kind.variant))
+
+
+@builder("int8-qdq")
+def _int8_qdq(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    calibration = calibration_batches(b.options.calibration_images, b.tower.image_settings)
+    info = build_int8_qdq(b.tower.plain, path, b.tower.spec.input_name, calibration)
+    return Built(path, info, b.restamp(path, kind.variant))
+
+
+@builder("fp16")
+def _fp16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    model, info = build_fp16(b.tower.plain)
+    return Built(path, info, b.save(model, path, kind.variant))
+
+
+@builder("ov-bf16")
+def _ov_bf16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    info = build_openvino(b.tower.plain, path)
+    return Built(path, info, [path.with_suffix(".bin").name])
+
+
+@builder("trt-fp16")
+def _trt_fp16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    reason = tensorrt_available()
+    if reason:  # before the fp16 graph it would be built from
+        raise VariantSkipped(reason)
+    source = b.build(kind.builds_from).path
+    info = build_engine(source, path, b.options.trt_profile, b.tower.scratch / TIMING_CACHE, b.tower.spec.input_name)
+    return Built(path, info, [f"{path.name}.json"], shared_files=[TIMING_CACHE])
+
+
+def calibration_batches(directory: Path | None, settings: ImageSettings) -> list[np.ndarray]:
+    """Images for static int8 calibration: `directory`, else the packaged photos, one per batch."""
+    directory = Path(directory) if directory else PHOTOS_DIR  # checked up front (ExportOptions.check)
+    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not paths:
+        raise UserError(f"--calibration-images {directory} holds no .jpg / .jpeg / .png images")
+    return [preprocess([p], settings) for p in paths]
+
+
+# --- build, verify, gate ---------------------------------------------------------------------
+
+@dataclass
+class VariantResults:
+    published: list[ArtefactRecord] = field(default_factory=list)
+    rejected: list[Unpublished] = field(default_factory=list)
+    skipped: list[Unpublished] = field(default_factory=list)
+    shared_files: list[str] = field(default_factory=list)
+
+
+def build_variants(tower: TowerExport, options: ExportOptions, progress: Progress) -> VariantResults:
+    """Build, verify and gate each requested variant of one tower. A rejected variant's files stay
+    in the scratch directory, unlisted, and are pruned before publication."""
+    out = VariantResults()
+    variants = VariantBuilder(tower, options)
+    for variant in options.variants:
+        kind = KINDS[variant]
+        base = dict(file=kind.file(tower.name), tower=tower.name, variant=variant, precision=kind.precision)
+        if not kind.applies_to(tower.name):
+            out.skipped.append(Unpublished(**base, reason=f"{variant} is made for {kind.made_for} only"))
+            continue
+        built = _build(variants, kind, base, out, progress)
+        if built is not None:
+            _verify(tower, kind, built, base, options, out, progress)
+    return out
+
+
+def _build(variants: VariantBuilder, kind: ArtefactKind, base: dict, out: VariantResults,
+           progress: Progress) -> Built | None:
+    with progress.step(f"build {base['file']}") as step:
+        try:
+            return variants.build(kind.variant)
+        except VariantSkipped as exc:
+            out.skipped.append(Unpublished(**base, reason=str(exc)))
+            step["note"] = f"skipped: {exc}"
+        except (VariantFailed, UserError) as exc:
+            out.rejected.append(Unpublished(**base, reason=str(exc)))
+            step["note"] = f"REJECTED: {exc}"
+        except Exception as exc:  # a variant's failure must not cost the fp32 files that passed
+            out.rejected.append(Unpublished(**base, reason=f"build failed: {type(exc).__name__}: {exc}"))
+            step["note"] = f"REJECTED: build failed: {type(exc).__name__}"
+    return None
+
+
+def _verify(tower: TowerExport, kind: ArtefactKind, built: Built, base: dict, options: ExportOptions,
+            out: VariantResults, progress: Progress) -> None:
+    gate = options.gate_for(kind.variant)
+    # The CPU where the kind runs there (the gate's reference machine), else its own provider.
+    provider = "cpu" if "cpu" in kind.providers else kind.providers[0]
+    with progress.step(f"verify {base['file']}") as step:
+        try:
+            runner = open_runner(kind, built.path, provider=provider, threads=options.threads)
+            parity = verify_artefact(runner, lambda x: eager_outputs(tower.module, x), tower.inputs, gate)
+        except Exception as exc:
+            out.rejected.append(Unpublished(**base, reason=f"verification failed: {type(exc).__name__}: {exc}"))
+            step["note"] = f"REJECTED: verification failed: {type(exc).__name__}"
+            return
+        numbers = parity.worst()
+        step["note"] = (f"min cosine {numbers['pooler_output_min_cosine']:.6f} (gate {gate.min_cosine})"
+                        + ("" if parity.passed else "  REJECTED"))
+    if not parity.passed:
+        out.rejected.append(Unpublished(**base, reason="missed its gate", accuracy=numbers, parity=parity))
+        return
+    if kind.format == ONNX:
+        inputs, outputs = io_signature(onnx.load(str(built.path), load_external_data=False))
+    else:  # an IR or engine built from the plain graph takes and gives what it does (the contract)
+        inputs, outputs = tower.plain_record.inputs, tower.plain_record.outputs
+    out.published.append(ArtefactRecord(
+        **file_record(built.path, built.data_files), tower=tower.name, variant=kind.variant, format=kind.format,
+        precision=kind.precision, opset=options.opset, inputs=inputs, outputs=outputs, parity=parity,
+        accuracy=numbers, build=built.info,
+    ))
+    out.shared_files += [f for f in built.shared_files if f not in out.shared_files]
