@@ -40,10 +40,15 @@ class ExportOptions:
         check_opset(self.opset)
         if not self.verify_batch_sizes or any(b < 1 for b in self.verify_batch_sizes):
             raise UserError(f"verify batch sizes must be positive integers, got {self.verify_batch_sizes}")
+        from .variants import BUILDERS  # the builders import these options' type
+
         known = variant_names()
         unknown = [v for v in self.variants if v not in known]
         if unknown:
             raise UserError(f"unknown variant {unknown[0]!r} (choose from {', '.join(known)})")
+        unbuildable = [v for v in self.variants if v not in BUILDERS]
+        if unbuildable:
+            raise UserError(f"variant {unbuildable[0]!r} is registered but has no builder (siglip_export.variants)")
         for variant, value in self.gates.items():
             if variant not in known:
                 raise UserError(f"--gate names unknown variant {variant!r} (choose from {', '.join(known)})")

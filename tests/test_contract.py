@@ -16,7 +16,7 @@ import pytest
 from conftest import hf_model, tiny_config
 
 import runtime.contract as contract
-from runtime import ArtefactError, ImageEncoder, InputError
+from runtime import ArtefactError, ImageEncoder, InputError, UserError
 from runtime.__main__ import main as runtime_main
 from runtime.artefacts import Artefacts
 from runtime.contract import KINDS, ONNX, ArtefactKind, Runner, open_runner, register, unregister
@@ -226,6 +226,17 @@ def test_a_registered_kind_flows_through_every_consumer(copy_kind, tmp_path, cap
         "vision_model.copy.onnx runs on ONNX Runtime with provider cpu, not on the cuda provider"
     assert by["ort-cuda", "vision_model.opt.onnx"].skipped is None or "CUDAExecutionProvider" in \
         by["ort-cuda", "vision_model.opt.onnx"].skipped
+
+
+def test_a_kind_without_a_builder_is_refused_before_any_work():
+    from siglip_export.options import ExportOptions
+
+    register(ArtefactKind("unbuilt", ".unbuilt.onnx", ONNX, "fp32", "onnxruntime", ("cpu",), gate=0.9))
+    try:
+        with pytest.raises(UserError, match="variant 'unbuilt' is registered but has no builder"):
+            ExportOptions(variants=("unbuilt",)).check()
+    finally:
+        unregister("unbuilt")
 
 
 def test_the_benchmark_plan_follows_records_not_file_names(tiny_artefacts, tmp_path):
