@@ -173,7 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto", help="execution provider (default auto)")
     parser.add_argument("--ort-threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime intra-op threads per call (default: one per core)")
-    parser.add_argument("--variant", default=None, metavar="NAME", help="run vision_model.NAME.onnx")
+    parser.add_argument("--variant", default=None, metavar="NAME", help="an image-tower variant of the export (opt, int8, ...)")
     parser.add_argument("--preprocessed", action="store_true",
                         help="feed pixel_values prepared beforehand (the model alone, no preprocessing)")
     parser.add_argument("--max-rss-growth-mb", type=float, default=None, metavar="MB",

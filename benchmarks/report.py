@@ -14,6 +14,10 @@ def format_ms(value: float) -> str:
     return f"{value:.3g}" if value < 10 else f"{value:.1f}"
 
 
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
+
+
 def markdown(result: dict) -> str:
     """The results as Markdown: measured rows by batch size, then what was not measured and why."""
     model, machine, run = result["model"], result["machine"], result["run"]
@@ -40,7 +44,7 @@ def markdown(result: dict) -> str:
             f"{format_ms(r['p90_ms'])} | {format_ms(r['p99_ms'])} | {r['throughput_ips']:.1f} | "
             f"{_fmt(r['x_floor'], '.3g')} | "
             f"{_fmt(r['x_eager'], '.3g')} | {_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('min_cosine'), '.5f')} | "
-            f"{_fmt(None if r.get('other_processes_cpu_fraction') is None else 100 * r['other_processes_cpu_fraction'], '.0f')}% |"
+            f"{_fmt(_percent(r.get('other_processes_cpu_fraction')), '.0f')}% |"
         )
     skipped: dict = {}
     for r in result["results"]:

@@ -115,6 +115,7 @@ class ArtefactKind:
     providers: runtime providers it runs on, in the order `auto` tries them.
     builds_from: the variant whose file it is built from (None: the tower's export).
     aliases: other names `--variant` accepts for it when no kind of that name was published.
+    shared_files: files its builds share, published beside the manifest (a TensorRT timing cache).
     """
 
     variant: str | None
@@ -127,6 +128,7 @@ class ArtefactKind:
     towers: tuple[str, ...] = TOWERS
     builds_from: str | None = None
     aliases: tuple[str, ...] = ()
+    shared_files: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self):
@@ -211,6 +213,7 @@ register(ArtefactKind("ov-bf16", ".ov-bf16.xml", OPENVINO, "bf16", "openvino", (
                       description="OpenVINO IR run with bf16 inference precision (AMX / AVX-512-BF16 CPUs)"))
 register(ArtefactKind("trt-fp16", ".fp16.engine", ENGINE, "fp16", "tensorrt", ("tensorrt",), gate=0.999,
                       towers=("vision",), builds_from="fp16", aliases=("fp16",),
+                      shared_files=("tensorrt.timing_cache",),
                       description="TensorRT engine of the fp16 graph, bound to the GPU and TensorRT that built it"))
 
 

@@ -20,6 +20,7 @@ from runtime.contract import KINDS, ONNX, ArtefactKind, open_runner
 from runtime.errors import UserError
 from runtime.manifest import ArtefactRecord, Unpublished
 from runtime.preprocess import ImageSettings, preprocess
+from runtime.tensorrt_engine import metadata_path
 
 from .onnx_export import TowerSpec, ensure_batch_axis, io_signature, save_model, set_metadata
 from .optimize import (
@@ -38,8 +39,6 @@ from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, eager_outputs, verify_artefact
 if TYPE_CHECKING:
     from .options import ExportOptions
     from .progress import Progress
-
-TIMING_CACHE = "tensorrt.timing_cache"
 
 
 @dataclass
@@ -155,8 +154,9 @@ def _trt_fp16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
     if reason:  # before the fp16 graph it would be built from
         raise VariantSkipped(reason)
     source = b.build(kind.builds_from).path
-    info = build_engine(source, path, b.options.trt_profile, b.tower.scratch / TIMING_CACHE, b.tower.spec.input_name)
-    return Built(path, info, [f"{path.name}.json"], shared_files=[TIMING_CACHE])
+    cache = kind.shared_files[0]  # the timing cache: later builds (the other tower, a rebuild) start from it
+    info = build_engine(source, path, b.options.trt_profile, b.tower.scratch / cache, b.tower.spec.input_name)
+    return Built(path, info, [metadata_path(path).name], shared_files=[cache])
 
 
 def calibration_batches(directory: Path | None, settings: ImageSettings) -> list[np.ndarray]:
