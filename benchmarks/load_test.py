@@ -43,9 +43,9 @@ if __package__ in (None, ""):  # `python benchmarks/load_test.py`: make the repo
 
 from runtime import ImageEncoder  # noqa: E402
 from runtime.cli_support import ArgumentParser, positive_int, run_command  # noqa: E402
+from runtime.contract import PROVIDERS  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
 from runtime.preprocess import load_image, preprocess  # noqa: E402
-from runtime.session import PROVIDER_CHOICES  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parent.parent / "siglip_export" / "photos"
 
@@ -170,7 +170,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="measured calls, all threads together (default 1000)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per call (default 1)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up calls (default: 5 per thread)")
-    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto", help="execution provider (default auto)")
+    parser.add_argument("--provider", choices=("auto", *PROVIDERS), default="auto", help="execution provider (default auto)")
     parser.add_argument("--ort-threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime intra-op threads per call (default: one per core)")
     parser.add_argument("--variant", default=None, metavar="NAME", help="an image-tower variant of the export (opt, int8, ...)")

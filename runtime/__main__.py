@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .cli_support import ArgumentParser, positive_int, run_command
-from .contract import variant_names
+from .contract import PROVIDERS, variant_names
 from .errors import UserError
-from .session import PROVIDER_CHOICES, TensorRTOptions
+from .session import TensorRTOptions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,8 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     common = ArgumentParser(add_help=False)
     common.add_argument("artefacts", type=Path, metavar="ARTEFACT_DIR", help="directory written by export.py")
     common.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    common.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto",
-                        help="execution provider (default auto: TensorRT, then CUDA, then CPU)")
+    common.add_argument("--provider", choices=("auto", *PROVIDERS), default="auto",
+                        help="where to run: ONNX Runtime's cpu, cuda or tensorrt provider, or openvino (OpenVINO's "
+                        "CPU plugin); default auto: TensorRT, then CUDA, then CPU, among the runtimes the export "
+                        "verified the file in")
+    common.add_argument("--allow-unverified", action="store_true",
+                        help="run a variant in a runtime where the export did not verify it (or where it failed)")
     common.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
     common.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     common.add_argument("--variant", default=None,
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
     from .encoders import DEFAULT_TEMPLATE, ImageEncoder, ZeroShotClassifier
 
     options = dict(provider=args.provider, threads=args.threads, batch_size=args.batch_size,
-                   tensorrt=TensorRTOptions(fp16=args.trt_fp16))
+                   tensorrt=TensorRTOptions(fp16=args.trt_fp16), allow_unverified=args.allow_unverified)
     if args.command == "embed":
         encoder = ImageEncoder(args.artefacts, variant=args.variant, **options)
         vectors = encoder.embed(args.images, normalize=args.normalize)

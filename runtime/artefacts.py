@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from .contract import KINDS, ArtefactKind, Runner, kind_of, open_runner
-from .errors import ArtefactError, InputError
+from .contract import KINDS, ArtefactKind, Runner, kind_of, open_runner, runtime_of
+from .errors import ArtefactError, InputError, ProviderError
 from .manifest import ArtefactRecord, Manifest
 from .preprocess import PREPROCESSOR_CONFIG, ImageSettings
 
@@ -79,12 +79,27 @@ class Artefacts:
         return self.manifest is not None and self.manifest.find(tower, variant) is not None
 
     def open(self, tower: str, variant: str | None = None, *, provider: str = "auto", threads: int | None = None,
-             tensorrt=None) -> Runner:
-        """Load a tower's model (or variant) with the runner its kind names."""
+             tensorrt=None, allow_unverified: bool = False) -> Runner:
+        """Load a tower's model (or variant) with the runner its kind names, in a runtime where the
+        export verified it: a runtime where its gate failed is refused, and for a variant one where
+        it was never measured too, unless `allow_unverified` (ProviderError naming both)."""
         if variant and self.single_file:
             raise InputError(f"variant {variant!r} needs an artefact directory; {self.single_file} is one file")
         path = self.model_file(tower, variant)
-        return open_runner(self.kind(tower, variant), path, provider=provider, threads=threads, tensorrt=tensorrt)
+        kind = self.kind(tower, variant)
+        auto = None
+        if self.manifest is not None and not allow_unverified:
+            record = self.record(tower, variant)
+            if provider == "auto":
+                auto = tuple(p for p in kind.providers if _refusal(record, kind, p) is None)
+                if not auto:
+                    raise ProviderError(f"{record.file} passed its gate in none of the runtimes it runs in "
+                                        f"({', '.join(kind.providers)}); pass --allow-unverified to run it anyway")
+            else:
+                refusal = _refusal(record, kind, provider) if provider in kind.providers else None
+                if refusal:
+                    raise ProviderError(refusal)
+        return open_runner(kind, path, provider=provider, threads=threads, tensorrt=tensorrt, auto_providers=auto)
 
     def metadata(self, path: Path) -> dict[str, str]:
         if path not in self._metadata:
@@ -121,3 +136,23 @@ class Artefacts:
         from .tokenizer import SiglipTokenizer
 
         return SiglipTokenizer.from_directory(self.directory, max_length=max_length)
+
+
+def _refusal(record: ArtefactRecord, kind: ArtefactKind, provider: str) -> str | None:
+    """Why `record` must not run with `provider` (its gate failed there, or, for a variant, was
+    never measured there), or None. The plain fp32 file is the portable contract: it runs where
+    it was not measured."""
+    runtime = runtime_of(kind, provider)
+    parity = record.gate_in(runtime)
+    verified = [p.runtime for p in (record.parity, *record.runtimes.values()) if p.passed]
+    where = f"; it passed in: {', '.join(verified)}" if verified else ""
+    how = " Pass --allow-unverified (allow_unverified=True) to run it there anyway."
+    if parity is None:
+        if kind.variant is None:
+            return None
+        return f"{record.file} was never verified in {runtime} (the export could not run it there{where}).{how}"
+    if parity.passed:
+        return None
+    worst = min(r.outputs["pooler_output"].min_cosine for r in parity.results if "pooler_output" in r.outputs)
+    return (f"{record.file} missed its gate in {runtime} at export (pooler cosine {worst:.6f} < "
+            f"{parity.gate.min_cosine}{where}).{how}")

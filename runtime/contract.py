@@ -2,15 +2,16 @@
 
 This module is the one place where artefact facts live. A reader finds every kind here:
 
-| variant    | file (per tower)             | format   | precision | runner       | providers (auto order) | gate    |
-| ---------- | ---------------------------- | -------- | --------- | ------------ | ---------------------- | ------- |
-| (plain)    | `<tower>_model.onnx`         | onnx     | fp32      | onnxruntime  | tensorrt, cuda, cpu    | fp32    |
-| `opt`      | `<tower>_model.opt.onnx`     | onnx     | fp32      | onnxruntime  | tensorrt, cuda, cpu    | 0.99999 |
-| `int8`     | `<tower>_model.int8.onnx`    | onnx     | int8      | onnxruntime  | cpu                    | 0.99    |
-| `int8-qdq` | `vision_model.int8-qdq.onnx` | onnx     | int8      | onnxruntime  | cuda, cpu, tensorrt    | 0.99    |
-| `fp16`     | `<tower>_model.fp16.onnx`    | onnx     | fp16      | onnxruntime  | tensorrt, cuda, cpu    | 0.999   |
-| `ov-bf16`  | `<tower>_model.ov-bf16.xml`  | openvino | bf16      | openvino     | cpu                    | 0.999   |
-| `trt-fp16` | `vision_model.fp16.engine`   | engine   | fp16      | tensorrt     | tensorrt               | 0.999   |
+| variant    | file (per tower)             | format   | precision | runner       | providers (auto order)        | gate    |
+| ---------- | ---------------------------- | -------- | --------- | ------------ | ----------------------------- | ------- |
+| (plain)    | `<tower>_model.onnx`         | onnx     | fp32      | onnxruntime  | tensorrt, cuda, cpu, openvino | fp32    |
+| `opt`      | `<tower>_model.opt.onnx`     | onnx     | fp32      | onnxruntime  | tensorrt, cuda, cpu           | 0.99999 |
+| `int8`     | `<tower>_model.int8.onnx`    | onnx     | int8      | onnxruntime  | cpu                           | 0.99    |
+| `int8-qdq` | `vision_model.int8-qdq.onnx` | onnx     | int8      | onnxruntime  | cuda, cpu, tensorrt, openvino | 0.99    |
+| `fp16`     | `<tower>_model.fp16.onnx`    | onnx     | fp16      | onnxruntime  | tensorrt, cuda, cpu           | 0.999   |
+| `ov-bf16`  | `<tower>_model.ov-bf16.xml`  | openvino | bf16      | openvino     | cpu, openvino                 | 0.999   |
+| `ov-int8`  | `vision_model.ov-int8.xml`   | openvino | int8      | openvino     | cpu, openvino                 | 0.99    |
+| `trt-fp16` | `vision_model.fp16.engine`   | engine   | fp16      | tensorrt     | tensorrt                      | 0.999   |
 
 (the table is `KINDS`; `tests/test_contract.py` checks this docstring against it.)
 
@@ -44,7 +45,9 @@ OUTPUTS = ("last_hidden_state", "pooler_output")  # every artefact's outputs, in
 
 ONNX, OPENVINO, ENGINE = "onnx", "openvino", "engine"
 FORMATS = (ONNX, OPENVINO, ENGINE)
-PROVIDERS = ("cpu", "cuda", "tensorrt")  # runtime's provider names (plus "auto")
+# Runtime's provider names (plus "auto"): ONNX Runtime's CPU, CUDA and TensorRT providers, and
+# "openvino", OpenVINO's CPU plugin, which runs ONNX files too.
+PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino")
 
 
 # --- runners ----------------------------------------------------------------------------------
@@ -73,23 +76,23 @@ class RunnerType:
 
     name: str
     label: str  # "ONNX Runtime", "OpenVINO (CPU)"
-    load: Callable[..., Runner]  # (path, kind, provider, threads, tensorrt) -> Runner
+    load: Callable[..., Runner]  # (path, kind, provider, threads, tensorrt, auto_providers) -> Runner
     fixed_device: bool = False  # the label already says where it runs
 
 
-def _load_onnxruntime(path: Path, kind: ArtefactKind, provider: str, threads, tensorrt) -> Runner:
+def _load_onnxruntime(path: Path, kind: ArtefactKind, provider: str, threads, tensorrt, auto) -> Runner:
     from .session import OnnxModel
 
-    return OnnxModel(path, provider=provider, threads=threads, tensorrt=tensorrt, auto_providers=kind.providers)
+    return OnnxModel(path, provider=provider, threads=threads, tensorrt=tensorrt, auto_providers=auto)
 
 
-def _load_openvino(path: Path, kind: ArtefactKind, provider: str, threads, tensorrt) -> Runner:
+def _load_openvino(path: Path, kind: ArtefactKind, provider: str, threads, tensorrt, auto) -> Runner:
     from .openvino_model import OpenVinoModel
 
-    return OpenVinoModel(path, precision="bf16" if kind.precision == "bf16" else "f32", threads=threads)
+    return OpenVinoModel(path, precision=kind.float_precision, threads=threads)
 
 
-def _load_engine(path: Path, kind: ArtefactKind, provider: str, threads, tensorrt) -> Runner:
+def _load_engine(path: Path, kind: ArtefactKind, provider: str, threads, tensorrt, auto) -> Runner:
     from .tensorrt_engine import TensorRTEngine
 
     return TensorRTEngine(path)
@@ -116,6 +119,8 @@ class ArtefactKind:
     builds_from: the variant whose file it is built from (None: the tower's export).
     aliases: other names `--variant` accepts for it when no kind of that name was published.
     shared_files: files its builds share, published beside the manifest (a TensorRT timing cache).
+    float_precision: what a runner that is told (OpenVINO's inference precision hint) computes the
+        float parts in: "bf16" where the CPU has it (else the runner falls back to f32), or "f32".
     """
 
     variant: str | None
@@ -129,6 +134,7 @@ class ArtefactKind:
     builds_from: str | None = None
     aliases: tuple[str, ...] = ()
     shared_files: tuple[str, ...] = ()
+    float_precision: str = "f32"
     description: str = ""
 
     def __post_init__(self):
@@ -196,40 +202,57 @@ def variant_names() -> tuple[str, ...]:
 
 
 _ONNX_ANYWHERE = ("tensorrt", "cuda", "cpu")  # runtime's historical auto order
-register(ArtefactKind(None, ".onnx", ONNX, "fp32", "onnxruntime", _ONNX_ANYWHERE, gate=None,
+_OPENVINO_CPU = ("cpu", "openvino")  # an OpenVINO IR: both names mean OpenVINO's CPU plugin
+register(ArtefactKind(None, ".onnx", ONNX, "fp32", "onnxruntime", (*_ONNX_ANYWHERE, "openvino"), gate=None,
                       description="fp32, standard ONNX ops only: portable to any ONNX runtime"))
 register(ArtefactKind("opt", ".opt.onnx", ONNX, "fp32", "onnxruntime", _ONNX_ANYWHERE, gate=0.99999,
                       description="fp32 with ONNX Runtime's fused Attention, SkipLayerNormalization, FastGelu"))
 register(ArtefactKind("int8", ".int8.onnx", ONNX, "int8", "onnxruntime", ("cpu",), gate=0.99, builds_from="opt",
-                      description="opt quantised dynamically: QAttention, MatMulInteger (CPU kernels only)"))
-# TensorRT last: its provider takes a QDQ graph only in INT8 mode, which TensorRTOptions does not set,
-# so `auto` stops at the CPU and TensorRT runs it only when asked for.
-register(ArtefactKind("int8-qdq", ".int8-qdq.onnx", ONNX, "int8", "onnxruntime", ("cuda", "cpu", "tensorrt"),
+                      description="opt quantised dynamically, accuracy-aware: QAttention, MatMulInteger (CPU kernels)"))
+# TensorRT after the CPU: its provider takes a QDQ graph only in INT8 mode, which TensorRTOptions
+# does not set, so `auto` stops at the CPU and TensorRT runs it only when asked for.
+register(ArtefactKind("int8-qdq", ".int8-qdq.onnx", ONNX, "int8", "onnxruntime", ("cuda", "cpu", "tensorrt", "openvino"),
                       gate=0.99, towers=("vision",),
-                      description="static int8 in standard QuantizeLinear / DequantizeLinear form, calibrated on images"))
+                      description="static int8 in standard QuantizeLinear / DequantizeLinear form, accuracy-aware"))
 register(ArtefactKind("fp16", ".fp16.onnx", ONNX, "fp16", "onnxruntime", _ONNX_ANYWHERE, gate=0.999,
                       description="fp16 weights and math, float32 IO; LayerNorm and Softmax in float32"))
-register(ArtefactKind("ov-bf16", ".ov-bf16.xml", OPENVINO, "bf16", "openvino", ("cpu",), gate=0.999,
+register(ArtefactKind("ov-bf16", ".ov-bf16.xml", OPENVINO, "bf16", "openvino", _OPENVINO_CPU, gate=0.999,
+                      float_precision="bf16",
                       description="OpenVINO IR run with bf16 inference precision (AMX / AVX-512-BF16 CPUs)"))
+register(ArtefactKind("ov-int8", ".ov-int8.xml", OPENVINO, "int8", "openvino", _OPENVINO_CPU, gate=0.99,
+                      towers=("vision",), float_precision="bf16",
+                      description="OpenVINO IR quantised to int8 by NNCF, accuracy-aware (VNNI / AMX CPUs)"))
 register(ArtefactKind("trt-fp16", ".fp16.engine", ENGINE, "fp16", "tensorrt", ("tensorrt",), gate=0.999,
                       towers=("vision",), builds_from="fp16", aliases=("fp16",),
                       shared_files=("tensorrt.timing_cache",),
                       description="TensorRT engine of the fp16 graph, bound to the GPU and TensorRT that built it"))
 
 
+def runtime_of(kind: ArtefactKind, provider: str) -> str:
+    """Where a file of `kind` runs with `provider` (not "auto"): the key of its per-runtime gate.
+    `onnxruntime-cpu`, `onnxruntime-cuda`, `onnxruntime-tensorrt`, `openvino-cpu`, `tensorrt`."""
+    if kind.runner == "openvino" or provider == "openvino":
+        return "openvino-cpu"
+    if kind.runner == "tensorrt":
+        return "tensorrt"
+    return f"onnxruntime-{provider}"
+
+
 def open_runner(kind: ArtefactKind, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
-                tensorrt=None) -> Runner:
+                tensorrt=None, auto_providers: tuple[str, ...] | None = None) -> Runner:
     """Load a file of `kind` with the runner that serves it. A provider the kind does not run on
-    is refused (InputError naming both), never silently replaced."""
+    is refused (InputError naming both), never silently replaced. `auto_providers`: what `auto`
+    may try, in order (default: the kind's providers)."""
     path = Path(path)
     if provider != "auto" and provider not in kind.providers:
         if provider not in PROVIDERS:
             raise InputError(f"unknown provider {provider!r} (choose from auto, {', '.join(PROVIDERS)})")
         raise InputError(f"{path.name} runs on {kind.runs_on}; provider {provider!r} does not apply "
                          f"(use {' or '.join(('auto', *kind.providers))})")
-    return RUNNERS[kind.runner].load(path, kind, provider, threads, tensorrt)
+    runner = "openvino" if provider == "openvino" else kind.runner  # OpenVINO reads ONNX files too
+    return RUNNERS[runner].load(path, kind, provider, threads, tensorrt, auto_providers or kind.providers)
 
 
 __all__ = ["ArtefactKind", "ENGINE", "FORMATS", "KINDS", "ONNX", "OPENVINO", "OUTPUTS", "PROVIDERS", "RUNNERS",
-           "Runner", "RunnerType", "TOWERS", "TOWER_LABELS", "TOWER_STEMS", "kind_of", "open_runner", "register",
+           "Runner", "RunnerType", "TOWERS", "TOWER_LABELS", "TOWER_STEMS", "kind_of", "open_runner", "register", "runtime_of",
            "unregister", "variant_names"]

@@ -39,11 +39,12 @@ class _Encoder:
     tower = ""
 
     def __init__(self, source, *, variant: str | None = None, provider: str = "auto", threads: int | None = None,
-                 batch_size: int = 32, tensorrt: TensorRTOptions | None = None):
+                 batch_size: int = 32, tensorrt: TensorRTOptions | None = None, allow_unverified: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.artefacts = _artefacts(source)
-        self.model = self.artefacts.open(self.tower, variant, provider=provider, threads=threads, tensorrt=tensorrt)
+        self.model = self.artefacts.open(self.tower, variant, provider=provider, threads=threads, tensorrt=tensorrt,
+                                         allow_unverified=allow_unverified)
         self.batch_size = min(batch_size, self.model.max_batch or batch_size)
 
     @property

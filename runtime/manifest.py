@@ -27,7 +27,19 @@ from .errors import ArtefactError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "siglip-export/1"  # the `format` field; unchanged since 0.1.0 (schema_version says more)
-SCHEMA_VERSION = 2  # 1: siglip-export 0.1.0 (implicit); 2: + schema_version, per-record `format`
+# 1: siglip-export 0.1.0 (implicit); 2: + schema_version, per-record `format`; 3: + each parity's
+# `runtime` and each record's `runtimes` (the gate measured in other runtimes).
+SCHEMA_VERSION = 3
+
+
+def _runtime_from_provider(provider: str) -> str:
+    """The runtime a parity record written before schema 3 was measured in, from its provider."""
+    known = {"CPUExecutionProvider": "onnxruntime-cpu", "CUDAExecutionProvider": "onnxruntime-cuda",
+             "TensorrtExecutionProvider": "onnxruntime-tensorrt"}
+    if provider in known:
+        return known[provider]
+    return "openvino-cpu" if provider.startswith("OpenVINO") else "tensorrt" if provider.startswith("TensorRT") \
+        else provider
 
 
 def _field(record: dict, key: str, types, where: str, optional: bool = False):
@@ -129,23 +141,27 @@ class GateRecord:
 
 @dataclass
 class Parity:
-    """How an artefact compared with the eager model: every row, the gate, the provider that ran it."""
+    """How an artefact compared with the eager model in one runtime: every row, the gate, the
+    provider that ran it, and which runtime that is (`contract.runtime_of`)."""
 
     gate: GateRecord
     passed: bool
     provider: str
     results: list[ParityRow]
+    runtime: str = ""
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> Parity:
         rows = _field(d, "results", list, where)
+        provider = _field(d, "provider", str, where)
         return cls(GateRecord.from_dict(_field(d, "gate", dict, where), f"{where} gate"),
-                   _field(d, "passed", bool, where), _field(d, "provider", str, where),
-                   [ParityRow.from_dict(r, f"{where} row {i}") for i, r in enumerate(rows)])
+                   _field(d, "passed", bool, where), provider,
+                   [ParityRow.from_dict(r, f"{where} row {i}") for i, r in enumerate(rows)],
+                   _field(d, "runtime", str, where, optional=True) or _runtime_from_provider(provider))
 
     def to_dict(self) -> dict:
         return {"gate": self.gate.to_dict(), "passed": self.passed, "provider": self.provider,
-                "results": [r.to_dict() for r in self.results]}
+                "runtime": self.runtime, "results": [r.to_dict() for r in self.results]}
 
     def worst(self) -> dict[str, float]:
         """`<output>_min_cosine` (lowest) and `<output>_rel_err` (highest) over every row."""
@@ -177,10 +193,15 @@ class ArtefactRecord:
     opset: int
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
-    parity: Parity
+    parity: Parity  # in the runtime the export gates it in (ONNX Runtime's CPU provider for ONNX files)
     simplified: bool | None = None  # the plain export: whether onnxsim ran
     accuracy: dict[str, float] | None = None  # variants: parity.worst(), for quick reading
     build: dict[str, Any] | None = None  # variants: what the builder reports (fused ops, profile, ...)
+    runtimes: dict[str, Parity] = field(default_factory=dict)  # the same gate in the other runtimes measured
+
+    def gate_in(self, runtime: str) -> Parity | None:
+        """The gate's result in `runtime` (contract.runtime_of), None where it was never measured."""
+        return self.parity if self.parity.runtime == runtime else self.runtimes.get(runtime)
 
     @property
     def kind(self) -> ArtefactKind:
@@ -224,6 +245,8 @@ class ArtefactRecord:
             simplified=_field(d, "simplified", bool, where, optional=True),
             accuracy=_field(d, "accuracy", dict, where, optional=True),
             build=_field(d, "build", dict, where, optional=True),
+            runtimes={k: Parity.from_dict(v, f"{where} runtimes {k}")
+                      for k, v in (_field(d, "runtimes", dict, where, optional=True) or {}).items()},
         )
 
     def to_dict(self) -> dict:
@@ -239,6 +262,8 @@ class ArtefactRecord:
         if self.build is not None:
             out["build"] = self.build
         out["parity"] = self.parity.to_dict()
+        if self.runtimes:
+            out["runtimes"] = {k: v.to_dict() for k, v in self.runtimes.items()}
         return out
 
 

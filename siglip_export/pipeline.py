@@ -26,7 +26,7 @@ from runtime.contract import KINDS, TOWERS
 from runtime.errors import ArtefactError, UserError
 from runtime.manifest import MANIFEST, ArtefactRecord, Manifest, ModelRecord
 from runtime.preprocess import PREPROCESSOR_CONFIG, ImageSettings
-from runtime.session import OnnxModel, sha256_file
+from runtime.session import sha256_file
 
 from . import __version__
 from .checkpoint import load_pretrained, weight_files
@@ -46,8 +46,9 @@ from .options import ExportOptions
 from .progress import Progress
 from .publication import check_replaceable, is_within, make_scratch, publish, resolve_target
 from .records import file_record, tool_versions
+from .runtime_gates import measure, measure_elsewhere, reference_provider
 from .variants import TowerExport, build_variants
-from .verify import VerificationError, describe_failures, eager_outputs, verification_inputs, verify_artefact
+from .verify import VerificationError, describe_failures, eager_outputs, verification_inputs
 
 # Files a runtime needs beside the models, copied from a checkpoint when present.
 TOKENIZER_FILES = ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
@@ -173,20 +174,21 @@ def export_one(tower: TowerExport, options: ExportOptions, progress: Progress) -
             del model
             gc.collect()
             onnx.checker.check_model(str(path), full_check=True)
+    kind = KINDS[None]
     with progress.step(f"verify {spec.file} batch {','.join(map(str, options.verify_batch_sizes))}") as step:
-        session = OnnxModel(path, threads=options.threads)
-        parity = verify_artefact(session, lambda x: eager_outputs(tower.module, x), tower.inputs, options.gate)
-        del session
+        parity = measure(kind, path, reference_provider(kind), tower.reference, tower.inputs, options.gate,
+                         options.threads)
         numbers = parity.worst()
         step["note"] = (f"min cosine {min(numbers['last_hidden_state_min_cosine'], numbers['pooler_output_min_cosine']):.7f}"
                         + ("" if parity.passed else "  FAILED"))
     if not parity.passed:
         raise VerificationError(describe_failures(spec.file, parity, options.gate))
+    others = measure_elsewhere(kind, path, tower.reference, tower.inputs, options.gate, options.threads, progress,
+                               parity.runtime)
     inputs, outputs = signature
-    kind = KINDS[None]
     return ArtefactRecord(**file_record(path, data_files), tower=tower.name, variant=kind.variant, format=kind.format,
                           precision=kind.precision, opset=options.opset, inputs=inputs, outputs=outputs,
-                          parity=parity, simplified=options.simplify)
+                          parity=parity, simplified=options.simplify, runtimes=others)
 
 
 def copy_runtime_files(options: ExportOptions, model, scratch: Path, image_settings: ImageSettings) -> list[str]:
@@ -227,7 +229,8 @@ def _tower_export(name: str, module, scratch: Path, options: ExportOptions, sour
     return TowerExport(name=name, module=module, spec=spec, plain=plain,
                        raw=scratch / f".raw.{spec.file}" if options.simplify else plain, metadata=props,
                        image_settings=image_settings,
-                       inputs=_verification_inputs(name, module, options, image_settings))
+                       inputs=_verification_inputs(name, module, options, image_settings),
+                       reference=lambda x: eager_outputs(module, x))
 
 
 def _check_paths(options: ExportOptions, target: Path) -> None:

@@ -19,9 +19,11 @@ import onnx
 from runtime.contract import KINDS, ONNX, ArtefactKind, open_runner
 from runtime.errors import UserError
 from runtime.manifest import ArtefactRecord, Unpublished
+from runtime.parity import min_row_cosine
 from runtime.preprocess import ImageSettings, preprocess
 from runtime.tensorrt_engine import metadata_path
 
+from .int8_search import DYNAMIC_OPS, OPENVINO_OPS, STATIC_OPS, Build, accuracy_aware
 from .onnx_export import TowerSpec, ensure_batch_axis, io_signature, save_model, set_metadata
 from .optimize import (
     VariantFailed,
@@ -30,11 +32,14 @@ from .optimize import (
     build_int8,
     build_int8_qdq,
     build_openvino,
+    build_openvino_int8,
     build_opt,
+    openvino_int8_available,
 )
 from .records import file_record
+from .runtime_gates import measure, measure_elsewhere, reference_provider
 from .tensorrt_build import build_engine, tensorrt_available
-from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, eager_outputs, verify_artefact
+from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, verification_inputs
 
 if TYPE_CHECKING:
     from .options import ExportOptions
@@ -65,12 +70,18 @@ class TowerExport:
     metadata: dict[str, str]  # stamped into every ONNX file's metadata_props
     image_settings: ImageSettings
     inputs: list[tuple[str, np.ndarray]]  # the verification inputs
+    reference: Callable[[np.ndarray], dict[str, np.ndarray]]  # the eager model's outputs for an input
     plain_record: ArtefactRecord | None = None
 
     @property
     def scratch(self) -> Path:
         return self.plain.parent
 
+
+# Random inputs the int8 search scores on besides the calibration inputs: the gate takes the worst
+# row, and a static int8 file's worst row on noise varies with the sample, so the search sees more.
+SEARCH_ROWS = 64
+PROBE_ROWS = 4  # of the calibration inputs and of the random ones, for the per-node sensitivity
 
 Builder = Callable[["VariantBuilder", ArtefactKind, Path], Built]
 BUILDERS: dict[str, Builder] = {}
@@ -114,6 +125,43 @@ class VariantBuilder:
         onnx.save_model(model, str(path))
         return [f for f in (f"{path.name}.data",) if (path.parent / f).is_file()]
 
+    def _drawn_apart(self) -> list[tuple[str, np.ndarray]]:
+        """Inputs like the verification's (realistic ones and random ones), from another seed."""
+        config = self.tower.module.config
+        text = self.tower.name == "text"
+        pad = config.pad_token_id if text and config.pad_token_id is not None and config.pad_token_id < config.vocab_size \
+            else 1
+        return verification_inputs(self.tower.spec, (SEARCH_ROWS,), self.options.seed + 1, self.tower.image_settings,
+                                   vocab_size=config.vocab_size if text else None, pad_id=pad)
+
+    def calibration(self) -> list[np.ndarray]:
+        """Calibration inputs, one per call: images (--calibration-images, else the packaged photos),
+        or for the text tower padded token sequences drawn apart from the verification inputs."""
+        if self.tower.name == "vision":
+            return calibration_batches(self.options.calibration_images, self.tower.image_settings)
+        padded = next(x for kind, x in self._drawn_apart() if kind == "padded-text")
+        return [row[None] for row in padded[:8]]
+
+    def accuracy_aware(self, kind: ArtefactKind, path: Path, source: Path, op_types: tuple[str, ...],
+                       build: Build) -> Built:
+        """int8 by int8_search: the fewest nodes in float at which the search inputs reach the gate
+        with a margin (pooler_output cosine against fp32 eager). The search inputs are what the gate
+        will judge, drawn apart from it: the calibration inputs and random ones."""
+        calibration = self.calibration()
+        # One call each: dynamic int8's ranges then cover a whole batch, the harder case.
+        batches = [np.concatenate(calibration)] + [x for kind_, x in self._drawn_apart() if kind_ == "random"]
+        probes = [batches[0][:PROBE_ROWS], batches[1][:PROBE_ROWS]]  # the sensitivity pass runs once per node
+        references = [self.tower.reference(x)["pooler_output"] for x in batches]
+
+        def score(candidate: Path) -> float:  # through the runner users deploy, where the gate runs
+            model = open_runner(kind, candidate, provider=reference_provider(kind), threads=self.options.threads)
+            return min(min_row_cosine(model.run(x)["pooler_output"], ref) for x, ref in zip(batches, references))
+
+        report, search = accuracy_aware(source, path, build, score, calibration, probes,
+                                        self.options.gate_for(kind.variant).min_cosine, op_types)
+        data_files = self.restamp(path, kind.variant) if kind.format == ONNX else []
+        return Built(path, {**report, "search": search.record()}, data_files)
+
 
 # --- builders: one per kind in runtime.contract.KINDS ----------------------------------------
 
@@ -125,15 +173,21 @@ def _opt(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
 
 @builder("int8")
 def _int8(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
-    info = build_int8(b.build(kind.builds_from).path, path, b.tower.module.config)
-    return Built(path, info, b.restamp(path, kind.variant))
+    return b.accuracy_aware(kind, path, b.build(kind.builds_from).path, DYNAMIC_OPS, build=build_int8)
 
 
 @builder("int8-qdq")
 def _int8_qdq(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
-    calibration = calibration_batches(b.options.calibration_images, b.tower.image_settings)
-    info = build_int8_qdq(b.tower.plain, path, b.tower.spec.input_name, calibration)
-    return Built(path, info, b.restamp(path, kind.variant))
+    calibration = b.calibration()
+    input_name = b.tower.spec.input_name
+
+    def build(source: Path, out: Path, kept: list[str]) -> dict:
+        cache = out.with_name(f".{source.name}.ranges.json")  # one calibration per source for every trial
+        return build_int8_qdq(source, out, input_name, calibration, kept, cache)
+
+    built = b.accuracy_aware(kind, path, b.tower.plain, STATIC_OPS, build)
+    built.info["calibration_images"] = len(calibration)
+    return built
 
 
 @builder("fp16")
@@ -146,6 +200,19 @@ def _fp16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
 def _ov_bf16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
     info = build_openvino(b.tower.plain, path)
     return Built(path, info, [path.with_suffix(".bin").name])
+
+
+@builder("ov-int8")
+def _ov_int8(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    openvino_int8_available()  # before a search that needs it
+    calibration = b.calibration()
+
+    def build(source: Path, out: Path, kept: list[str]) -> dict:
+        return build_openvino_int8(source, out, calibration, kept)
+
+    built = b.accuracy_aware(kind, path, b.tower.plain, OPENVINO_OPS, build)
+    built.data_files = [path.with_suffix(".bin").name]
+    return built
 
 
 @builder("trt-fp16")
@@ -214,13 +281,12 @@ def _build(variants: VariantBuilder, kind: ArtefactKind, base: dict, out: Varian
 
 def _verify(tower: TowerExport, kind: ArtefactKind, built: Built, base: dict, options: ExportOptions,
             out: VariantResults, progress: Progress) -> None:
+    """The gate in the kind's reference runtime decides publication; the others are recorded."""
     gate = options.gate_for(kind.variant)
-    # The CPU where the kind runs there (the gate's reference machine), else its own provider.
-    provider = "cpu" if "cpu" in kind.providers else kind.providers[0]
     with progress.step(f"verify {base['file']}") as step:
         try:
-            runner = open_runner(kind, built.path, provider=provider, threads=options.threads)
-            parity = verify_artefact(runner, lambda x: eager_outputs(tower.module, x), tower.inputs, gate)
+            parity = measure(kind, built.path, reference_provider(kind), tower.reference, tower.inputs, gate,
+                             options.threads)
         except Exception as exc:
             out.rejected.append(Unpublished(**base, reason=f"verification failed: {type(exc).__name__}: {exc}"))
             step["note"] = f"REJECTED: verification failed: {type(exc).__name__}"
@@ -231,6 +297,8 @@ def _verify(tower: TowerExport, kind: ArtefactKind, built: Built, base: dict, op
     if not parity.passed:
         out.rejected.append(Unpublished(**base, reason="missed its gate", accuracy=numbers, parity=parity))
         return
+    others = measure_elsewhere(kind, built.path, tower.reference, tower.inputs, gate, options.threads, progress,
+                               parity.runtime)
     if kind.format == ONNX:
         inputs, outputs = io_signature(onnx.load(str(built.path), load_external_data=False))
     else:  # an IR or engine built from the plain graph takes and gives what it does (the contract)
@@ -238,6 +306,6 @@ def _verify(tower: TowerExport, kind: ArtefactKind, built: Built, base: dict, op
     out.published.append(ArtefactRecord(
         **file_record(built.path, built.data_files), tower=tower.name, variant=kind.variant, format=kind.format,
         precision=kind.precision, opset=options.opset, inputs=inputs, outputs=outputs, parity=parity,
-        accuracy=numbers, build=built.info,
+        accuracy=numbers, build=built.info, runtimes=others,
     ))
     out.shared_files += [f for f in built.shared_files if f not in out.shared_files]

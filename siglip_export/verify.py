@@ -81,8 +81,10 @@ def verification_inputs(
 ) -> list[tuple[str, np.ndarray]]:
     """(input set, array) pairs: realistic inputs and random ones, at every batch size.
 
-    Images: the packaged public-domain photos, preprocessed as the runtime does, and standard
-    normal noise. Text: sentence-like sequences (random tokens, then padding to full length
+    Images: the packaged public-domain photos, preprocessed as the runtime does, and uniform
+    noise over [-1, 1], the range preprocessing maps every pixel into (a value outside it
+    never comes from an image, and a statically calibrated int8 file is not meant to take
+    one). Text: sentence-like sequences (random tokens, then padding to full length
     with `pad_id`, as SigLIP's tokenizer emits them: its eos and pad are both `</s>`, id 1)
     and uniformly random ids.
     """
@@ -92,7 +94,7 @@ def verification_inputs(
         photos = preprocess(photo_paths(), image_settings or ImageSettings())
         for b in batch_sizes:
             sets.append(("photos", photos[np.arange(b) % len(photos)]))
-            sets.append(("random", rng.standard_normal((b, *spec.input_shape[1:])).astype(np.float32)))
+            sets.append(("random", rng.uniform(-1.0, 1.0, (b, *spec.input_shape[1:])).astype(np.float32)))
     else:
         seq = spec.input_shape[1]
         for b in batch_sizes:
@@ -116,13 +118,16 @@ def verify_artefact(
     reference: Callable[[np.ndarray], dict[str, np.ndarray]],
     inputs: list[tuple[str, np.ndarray]],
     gate: Gate,
+    runtime: str = "onnxruntime-cpu",
 ) -> Parity:
-    """Run every input through the artefact and the reference; the manifest's parity record."""
+    """Run every input through the artefact and the reference; the manifest's parity record.
+    `runtime`: where `model` runs (runtime.contract.runtime_of), recorded with the result."""
     rows = []
     for kind, x in inputs:
         metrics = compare(model.run(x), reference(x))
         rows.append(ParityRow(inputs=kind, batch_size=int(x.shape[0]), outputs=metrics, passed=gate.passes(metrics)))
-    return Parity(gate=gate.record(), passed=all(r.passed for r in rows), provider=model.provider, results=rows)
+    return Parity(gate=gate.record(), passed=all(r.passed for r in rows), provider=model.provider, results=rows,
+                  runtime=runtime)
 
 
 def describe_failures(file: str, parity: Parity, gate: Gate) -> str:

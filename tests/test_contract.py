@@ -114,13 +114,17 @@ def test_a_0_1_0_manifest_loads_and_keeps_every_field():
     assert manifest.rejected[0].parity.worst()["pooler_output_min_cosine"] == raw["rejected"][0]["accuracy"][
         "pooler_output_min_cosine"]
     # Read into records and written back, the 0.1.0 file loses nothing; it gains the schema
-    # version and each record's format.
+    # version, each record's format, and the runtime each parity was measured in (from its provider).
     written = manifest.to_dict()
     assert written["schema_version"] == SCHEMA_VERSION
+    runtimes = {"vision_model.ov-bf16.xml": "openvino-cpu", "text_model.ov-bf16.xml": "openvino-cpu"}
     for old, new in zip(raw["artefacts"], written["artefacts"]):
-        assert new == {**old, "format": KINDS[old["variant"]].format}
-    assert {k: v for k, v in written.items() if k not in ("schema_version", "artefacts")} == \
-        {k: v for k, v in raw.items() if k != "artefacts"}
+        runtime = runtimes.get(old["file"], "onnxruntime-cpu")
+        assert new == {**old, "format": KINDS[old["variant"]].format, "parity": {**old["parity"], "runtime": runtime}}
+    assert written["rejected"][0] == {**raw["rejected"][0], "parity": {**raw["rejected"][0]["parity"],
+                                                                     "runtime": "onnxruntime-cpu"}}
+    assert {k: v for k, v in written.items() if k not in ("schema_version", "artefacts", "rejected")} == \
+        {k: v for k, v in raw.items() if k not in ("artefacts", "rejected")}
     assert Manifest.from_dict(json.loads(json.dumps(written))).to_dict() == written
 
 
@@ -129,6 +133,8 @@ def _as_written_by_0_1_0(directory: Path) -> None:
     del data["schema_version"]
     for record in data["artefacts"]:
         del record["format"]
+        del record["parity"]["runtime"]
+        record.pop("runtimes", None)
     data["tools"]["siglip-export"] = "0.1.0"
     (directory / "manifest.json").write_text(json.dumps(data))
 
@@ -144,7 +150,7 @@ def test_an_export_described_by_a_0_1_0_manifest_still_runs(tiny_artefacts, tmp_
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(schema_version=99),
-     r"has schema_version 99 \(written by siglip-export .*\); this siglip-export reads up to 2: upgrade"),
+     r"has schema_version 99 \(written by siglip-export .*\); this siglip-export reads up to 3: upgrade"),
     (lambda d: (d.pop("schema_version"), d.update(format="siglip-export/0")),
      r"was written by siglip-export .* \(format 'siglip-export/0'\), which this version cannot read: re-export"),
     (lambda d: d.update(schema_version="two"), r"schema_version 'two', which is not a manifest version: re-export"),

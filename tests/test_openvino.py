@@ -1,8 +1,9 @@
 """Portability: the exported .onnx files run in OpenVINO (CPU) and compute what PyTorch and ONNX
 Runtime compute. Same file, another runtime: nothing is converted beforehand.
 
-OpenVINO reads ONNX directly (`Core.read_model("vision_model.onnx")`); the int8 check quantises
-the tiny model here (static QDQ, standard ops) and runs that one file in both runtimes.
+OpenVINO reads ONNX directly (`Core.read_model("vision_model.onnx")`). The int8 QDQ file is
+gated in OpenVINO by the export itself (tests/test_quantization.py): how close its int8 result
+comes depends on the CPU, so no fixed number is asserted here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -81,45 +81,6 @@ def test_text_model_fp32_parity_in_openvino(tiny_artefacts):
     for name in OUTPUTS:
         assert rel_err(got[name], getattr(eager, name)) <= 1e-4, name
         assert rel_err(got[name], reference[name]) <= 1e-4, name
-
-
-class PhotoCalibration:
-    """onnxruntime.quantization's CalibrationDataReader protocol over preprocessed photos, one per batch."""
-
-    def __init__(self, pixel_values: np.ndarray):
-        self._batches = iter([{"pixel_values": pixel_values[i : i + 1]} for i in range(len(pixel_values))])
-
-    def get_next(self):
-        return next(self._batches, None)
-
-
-@pytest.fixture(scope="module")
-def int8_qdq(tiny_artefacts, photos32, tmp_path_factory) -> Path:
-    """An int8 QDQ model made here from the tiny vision_model.onnx (static, calibrated on the photos);
-    the export's own int8 variant, where it has one, is tested with the export."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    artefacts, _ = tiny_artefacts
-    path = tmp_path_factory.mktemp("int8") / "vision_model.int8.onnx"
-    quantize_static(str(artefacts / "vision_model.onnx"), str(path), PhotoCalibration(photos32),
-                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return path
-
-
-def test_int8_qdq_model_runs_in_openvino(tiny_artefacts, photos32, int8_qdq):
-    artefacts, _ = tiny_artefacts
-    ops = {n.op_type for n in onnx.load(str(int8_qdq)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    fp32 = run_ort(artefacts / "vision_model.onnx", photos32)["pooler_output"]
-    ort_int8 = run_ort(int8_qdq, photos32)["pooler_output"]
-    ov_int8 = run_openvino(openvino_cpu(int8_qdq), photos32)["pooler_output"]
-    # Quantisation error, each runtime against the fp32 model (worst photo, measured here:
-    # OpenVINO 0.9991, ONNX Runtime 0.9970).
-    assert min_cosine(ov_int8, fp32) >= 0.99
-    assert min_cosine(ort_int8, fp32) >= 0.99
-    # The same int8 file in two runtimes (measured 0.9985): not bit for bit, since their int8
-    # kernels fuse and round differently, but within the quantisation error itself.
-    assert min_cosine(ov_int8, ort_int8) >= 0.99
 
 
 def test_bf16_default_is_what_the_f32_hint_avoids(tiny_artefacts, photos32):

@@ -84,7 +84,9 @@ def test_fused_op_counts(exported):
     assert arts["vision_model.opt.onnx"].build["fused_ops"] == {
         "Attention": layers, "SkipLayerNormalization": 2 * layers, "GELU": layers + 1, "FastGelu": layers + 1}
     assert arts["text_model.opt.onnx"].build["fused_ops"]["Attention"] == layers
-    assert arts["vision_model.int8.onnx"].build["quantized_ops"]["QAttention"] == layers
+    kept = arts["vision_model.int8.onnx"].build["search"]["kept_float"]  # what the int8 search left in float
+    assert arts["vision_model.int8.onnx"].build["quantized_ops"]["QAttention"] == \
+        layers - sum(1 for n in kept if n.startswith("Attention"))
     counts = {}
     for node in onnx.load(str(out / "vision_model.opt.onnx")).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -151,10 +153,14 @@ def test_impossible_gates_reject_and_others_still_publish(checkpoint, tmp_path, 
     manifest = json.loads((out / "manifest.json").read_text())
     rejected = {r["file"]: r for r in manifest["rejected"]}
     assert set(rejected) == {"vision_model.int8.onnx", "vision_model.fp16.onnx"}
-    for file, record in rejected.items():
+    for file in rejected:
         assert not (out / file).exists()
-        assert record["accuracy"]["pooler_output_min_cosine"] < 1.0
-        assert f"WARNING: {file} not published: min cosine" in printed
+    # fp16 is built, then misses the gate; int8's search finds no int8 file that could reach it.
+    assert rejected["vision_model.fp16.onnx"]["accuracy"]["pooler_output_min_cosine"] < 1.0
+    assert "WARNING: vision_model.fp16.onnx not published: min cosine" in printed
+    assert rejected["vision_model.int8.onnx"]["reason"].startswith("int8 search: keeping the ")
+    assert "< target 1.000000" in rejected["vision_model.int8.onnx"]["reason"]
+    assert "WARNING: vision_model.int8.onnx not published: int8 search" in printed
     assert {a["file"] for a in manifest["artefacts"]} == {"vision_model.onnx", "vision_model.opt.onnx"}
 
 

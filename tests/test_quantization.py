@@ -1,0 +1,228 @@
+"""Variants that hold on any checkpoint: accuracy-aware int8 (SmoothQuant, the sensitivity search),
+NNCF's OpenVINO int8, a gate per runtime, and checkpoints built to stress them.
+
+Nothing here asserts one CPU's numbers: a variant is either published within its gate (in the
+runtime that gates it, and in every other runtime as recorded) or rejected with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import hf_model, tiny_config, tiny_vision_config
+
+from runtime import ImageEncoder, ProviderError
+from runtime.contract import KINDS, runtime_of
+from runtime.manifest import Manifest
+from runtime.session import OnnxModel
+from siglip_export.int8_search import Candidate, search, target_for
+from siglip_export.optimize import VariantFailed
+from siglip_export.pipeline import ExportOptions, run_export
+from siglip_export.smoothquant import norm_outputs, smooth
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
+    sys.path.insert(0, str(ROOT))
+from benchmarks.stress import write_stress_checkpoint  # noqa: E402
+
+PHOTOS = sorted((ROOT / "siglip_export" / "photos").glob("*.jpg"))
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+CPU_VARIANTS = ("opt", "int8", "int8-qdq", "fp16", "ov-bf16", "ov-int8")
+
+
+def assert_published_within_gates_or_not_published(manifest: Manifest, variants, gates=None) -> None:
+    """Every variant asked for is published within its gate, or rejected / skipped with a reason."""
+    published = {a.variant: a for a in manifest.records("vision") if a.variant}
+    missing = {u.variant: u for u in manifest.rejected + manifest.skipped if u.tower == "vision"}
+    for variant in variants:
+        if variant in published:
+            record = published[variant]
+            gate = (gates or {}).get(variant, KINDS[variant].gate)
+            assert record.parity.passed and record.parity.gate.min_cosine == gate, variant
+            assert record.accuracy["pooler_output_min_cosine"] >= gate, variant
+            for runtime, parity in record.runtimes.items():  # recorded as it came out, pass or fail
+                worst = min(r.outputs["pooler_output"].min_cosine for r in parity.results)
+                assert parity.passed == all(r.passed for r in parity.results) and parity.passed == (worst >= gate)
+        else:
+            assert variant in missing and missing[variant].reason, variant
+
+
+@pytest.fixture(scope="module", params=["norms", "outliers"])
+def stressed(request, tmp_path_factory):
+    """A tiny checkpoint that is not a preset, in transformers' format, exported with every CPU variant."""
+    base = tmp_path_factory.mktemp(f"stress_{request.param}")
+    ckpt = write_stress_checkpoint(base / "ckpt", tiny_vision_config(), request.param)
+    manifest = run_export(ExportOptions(checkpoint=ckpt, output_dir=base / "out", variants=CPU_VARIANTS,
+                                        verify_batch_sizes=(1, 3)), emit=None)
+    return request.param, base / "out", manifest
+
+
+def test_stress_checkpoints_publish_within_gates_or_reject(stressed):
+    kind, out, manifest = stressed
+    assert_published_within_gates_or_not_published(manifest, CPU_VARIANTS)
+    assert Manifest.read(out).to_dict() == manifest.to_dict()
+    if kind == "outliers":  # the checkpoint carries what it promises: 70000 in the residual stream
+        import torch
+
+        from siglip_export.checkpoint import load_pretrained
+
+        model = load_pretrained(out.parent / "ckpt")
+        with torch.no_grad():
+            embeddings = model.vision_model.embeddings(torch.zeros(1, 3, 32, 32))
+        assert embeddings.abs().max() > 65504
+
+
+def test_int8_search_is_recorded(stressed):
+    _, _, manifest = stressed
+    for record in manifest.records("vision"):
+        if record.variant not in ("int8", "int8-qdq", "ov-int8"):
+            continue
+        found = record.build["search"]
+        assert found["target_min_cosine"] == pytest.approx(target_for(KINDS[record.variant].gate))
+        assert found["reached_min_cosine"] >= found["target_min_cosine"]
+        assert 0 <= found["float_share_of_macs"] <= 0.5 and len(found["kept_float"]) < found["candidates"]
+        assert found["seconds"] >= 0 and set(found["smoothquant"]) >= {"alpha", "used", "all_quantised_min_cosine"}
+        if record.variant == "int8":  # what stayed in float is what the file has in float
+            attention = sum(1 for n in found["kept_float"] if n.startswith("Attention"))
+            assert record.build["quantized_ops"]["QAttention"] == tiny_config().vision_config.num_hidden_layers - attention
+
+
+def test_search_finds_the_fewest_in_float():
+    candidates = [Candidate(f"n{i}", "MatMul", ["x"], "w", error=float(10 - i)) for i in range(10)]
+    tried = []
+
+    def trial(kept):  # monotone: each node kept in float adds 0.002
+        tried.append(len(kept))
+        return 0.985 + 0.002 * len(kept)
+
+    result = search(candidates, trial, target=0.995)
+    assert result.kept_float == ["n0", "n1", "n2", "n3", "n4"]  # most sensitive first
+    assert result.reached == pytest.approx(0.995) and len(tried) <= 5
+    with pytest.raises(VariantFailed, match=r"keeping the 5 most sensitive of 10 quantisable nodes \(50% of their "
+                                            r"multiply-adds\) in float reaches min cosine 0\.995000 < target 0\.999000"):
+        search(candidates, trial, target=0.999)
+
+
+def test_smoothquant_keeps_the_float_model(tmp_path):
+    ckpt = write_stress_checkpoint(tmp_path / "ckpt", tiny_vision_config(), "outliers")
+    run_export(ExportOptions(checkpoint=ckpt, output_dir=tmp_path / "o", verify_batch_sizes=(2,)), emit=None)
+    path = tmp_path / "o" / "vision_model.onnx"
+    model = onnx.load(str(path))
+    names = norm_outputs(model)
+    assert len(names) == 2 * tiny_vision_config().num_hidden_layers + 1  # both norms per layer, and the head's
+    rng = np.random.default_rng(0)
+    assert smooth(model, {n: rng.uniform(0.1, 50.0, 32) for n in names}, alpha=0.5) == len(names)
+    onnx.save(model, str(tmp_path / "smoothed.onnx"))
+    x = rng.uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    before = OnnxModel(path).run(x)["pooler_output"]
+    after = OnnxModel(tmp_path / "smoothed.onnx").run(x)["pooler_output"]
+    assert np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
+
+
+# --- a gate per runtime -----------------------------------------------------------------------
+
+QDQ_GATE = {"int8-qdq": 0.9}  # these tests are about where a gate holds, not how high it is
+
+
+@pytest.fixture(scope="module")
+def qdq_export(tmp_path_factory):
+    base = tmp_path_factory.mktemp("qdq")
+    hf_model(tiny_config().vision_config).save_pretrained(base / "ckpt")
+    manifest = run_export(ExportOptions(checkpoint=base / "ckpt", output_dir=base / "out", variants=("int8-qdq",),
+                                        gates=QDQ_GATE, verify_batch_sizes=(1, 2)), emit=None)
+    return base / "out", manifest
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed: no second runtime to gate in")
+def test_a_portable_variant_is_gated_in_openvino_too(qdq_export):
+    out, manifest = qdq_export
+    assert_published_within_gates_or_not_published(manifest, ["int8-qdq"], QDQ_GATE)
+    plain = manifest.find("vision")
+    assert plain.parity.runtime == "onnxruntime-cpu" and "openvino-cpu" in plain.runtimes
+    record = manifest.find("vision", "int8-qdq")
+    if record is None:
+        pytest.skip("int8-qdq was rejected on this CPU (its reason is in the manifest); nothing to run")
+    gate = record.gate_in("openvino-cpu")
+    assert gate is not None and gate.runtime == "openvino-cpu" and gate.provider.startswith("OpenVINO")
+    if gate.passed:
+        vectors = ImageEncoder(out, variant="int8-qdq", provider="openvino").embed(PHOTOS[:2])
+        assert vectors.shape == (2, 32)
+    else:  # failed there on this CPU: refused, unless asked
+        with pytest.raises(ProviderError, match="missed its gate in openvino-cpu"):
+            ImageEncoder(out, variant="int8-qdq", provider="openvino")
+        ImageEncoder(out, variant="int8-qdq", provider="openvino", allow_unverified=True).embed(PHOTOS[:1])
+
+
+def _edited(out: Path, tmp_path: Path, change) -> Path:
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    change(next(a for a in data["artefacts"] if a["variant"] == "int8-qdq"))
+    (copy / "manifest.json").write_text(json.dumps(data))
+    return copy
+
+
+def test_the_runtime_refuses_where_the_gate_failed_or_was_never_measured(qdq_export, tmp_path, capsys):
+    from runtime.__main__ import main as runtime_main
+
+    out, manifest = qdq_export
+    if manifest.find("vision", "int8-qdq") is None:
+        pytest.skip("int8-qdq was rejected on this CPU (its reason is in the manifest); nothing to run")
+
+    def failed_in_openvino(record):
+        record["runtimes"] = {"openvino-cpu": {**record["parity"], "runtime": "openvino-cpu", "passed": False,
+                                               "provider": "OpenVINO CPU (f32)"}}
+
+    failed = _edited(out, tmp_path, failed_in_openvino)
+    with pytest.raises(ProviderError, match=r"vision_model.int8-qdq.onnx missed its gate in openvino-cpu at export "
+                                            r"\(pooler cosine .*; it passed in: onnxruntime-cpu\)\. Pass --allow-unverified"):
+        ImageEncoder(failed, variant="int8-qdq", provider="openvino")
+    if HAVE_OPENVINO:
+        unverified = ImageEncoder(failed, variant="int8-qdq", provider="openvino", allow_unverified=True)
+        assert unverified.embed(PHOTOS[:1]).shape == (1, 32)
+    # Never measured on a CUDA provider: refused before anything loads, on any machine.
+    with pytest.raises(ProviderError, match="int8-qdq.onnx was never verified in onnxruntime-cuda"):
+        ImageEncoder(out, variant="int8-qdq", provider="cuda")
+    # The plain fp32 file is the portable contract: not refused where it was not measured.
+    assert ImageEncoder(out, provider="cpu").embed(PHOTOS[:1]).shape == (1, 32)
+    # The command line: one line, exit 2; --allow-unverified lets it through.
+    capsys.readouterr()
+    args = ["embed", str(failed), str(PHOTOS[0]), "--output", str(tmp_path / "x.npy"), "--variant", "int8-qdq",
+            "--provider", "openvino"]
+    assert runtime_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missed its gate in openvino-cpu" in err[0]
+    if HAVE_OPENVINO:
+        assert runtime_main([*args, "--allow-unverified"]) == 0
+
+
+def test_auto_tries_only_the_runtimes_a_variant_passed_in(qdq_export, monkeypatch):
+    import runtime.artefacts as artefacts
+
+    out, manifest = qdq_export
+    if manifest.find("vision", "int8-qdq") is None:
+        pytest.skip("int8-qdq was rejected on this CPU (its reason is in the manifest); nothing to run")
+    seen = {}
+    real = artefacts.open_runner
+
+    def spy(kind, path, **kwargs):
+        seen[kind.name] = kwargs.get("auto_providers")
+        return real(kind, path, **kwargs)
+
+    monkeypatch.setattr(artefacts, "open_runner", spy)
+    ImageEncoder(out, variant="int8-qdq")
+    record, kind = manifest.find("vision", "int8-qdq"), KINDS["int8-qdq"]
+    gates = {p: record.gate_in(runtime_of(kind, p)) for p in kind.providers}
+    assert seen["int8-qdq"] == tuple(p for p, g in gates.items() if g is not None and g.passed)
+    assert "cuda" not in seen["int8-qdq"]  # never measured here
+    ImageEncoder(out)
+    plain = manifest.find("vision")
+    assert seen["plain"] == tuple(p for p in KINDS[None].providers  # anywhere its gate did not fail
+                                  if (g := plain.gate_in(runtime_of(KINDS[None], p))) is None or g.passed)
