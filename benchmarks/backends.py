@@ -180,6 +180,7 @@ class OpenVinoRunner(Runner):
         self.model = self.core.read_model(job["path"])
         self.input = self.model.inputs[0]
         self.shape = list(job["input_shape"])  # (C, H, W)
+        self.artefact_precision = job.get("artefact_precision")
         self.config = {"INFERENCE_NUM_THREADS": job["threads"], "PERFORMANCE_HINT": "LATENCY"}
         fixed = BACKENDS[backend].precision == "fp32"
         if fixed:
@@ -198,6 +199,8 @@ class OpenVinoRunner(Runner):
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.precision = _OV_PRECISIONS.get(name, name)
+        if self.artefact_precision == "int8":  # an NNCF IR: int8 products, the hint names only the float parts
+            self.precision = "int8"
         self.output = self.compiled.output("pooler_output")
 
     def for_batch(self, batch: int):

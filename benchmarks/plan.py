@@ -34,6 +34,7 @@ class PlanItem:
     precision: str
     path: str | None = None
     skipped: str | None = None
+    artefact_precision: str | None = None  # the record's own (an int8 IR under a backend's default hint)
 
     @property
     def device(self) -> str:
@@ -131,5 +132,6 @@ def plan_backends(backends: list[Backend], manifest: Manifest, directory: Path, 
                                   skipped=f"the export has no image-tower {wanted} artefact"))
         for record in records:
             items.append(PlanItem(backend, record.file, backend.precision or record.precision,
-                                  str(directory / record.file), reason or _kind_reason(backend, record)))
+                                  str(directory / record.file), reason or _kind_reason(backend, record),
+                                  artefact_precision=record.precision))
     return items

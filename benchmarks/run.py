@@ -157,6 +157,7 @@ def _run_item(item: PlanItem, index: int, job_base: dict, prepared: dict, scratc
         item.skipped = f"reference model not built: {prepared.get('error', 'torch missing')}"
     if item.skipped is None:
         job = {**job_base, "backend": item.backend.name, "path": item.path, "precision": item.precision,
+               "artefact_precision": item.artefact_precision,
                "weights": prepared.get("weights"), "reference": prepared.get("reference")}
         watch = CpuContention()
         try:
