@@ -3,6 +3,7 @@ exported artefact directory.
 
     siglip-runtime embed artifacts cat.jpg dog.jpg --output vectors.npy [--normalize]
     siglip-runtime classify artifacts cat.jpg --labels cat dog "a red car" [--json]
+    siglip-runtime serve artifacts [--http-port 8000] [--grpc-port 8001] [--max-batch 64] ...
 
 Exit status: 0 done; 2 bad input (one line on stderr: a missing or corrupt image, a missing
 artefact directory, a model without a text tower or tokenizer, ...); 1 an internal error.
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_support import ArgumentParser, positive_int, run_command
+from .cli_support import ArgumentParser, non_negative_int, positive_int, run_command
 from .contract import PROVIDERS, variant_names
 from .errors import UserError
+from .serve import PYTRITON_INSTALL
 from .session import TensorRTOptions
 
 
@@ -52,7 +54,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     classify.add_argument("--labels", nargs="+", required=True, metavar="LABEL", help="candidate labels")
     classify.add_argument("--template", default=None, help='prompt with {} for the label (default "This is a photo of {}.")')
     classify.add_argument("--json", action="store_true", help='print [{"image": path, "scores": {label: p}}]')
+    serve = sub.add_parser("serve", help="serve the artefacts from a Triton Inference Server (HTTP, gRPC, metrics)",
+                           description="Serve the image tower, the text tower and zero-shot classification from "
+                           "Triton Inference Server (Python backend around runtime), in the foreground until "
+                           "Ctrl-C or SIGTERM. Needs: " + PYTRITON_INSTALL)
+    serve.add_argument("artefacts", type=Path, metavar="ARTEFACT_DIR", help="directory written by export.py")
+    serve.add_argument("--variant", default=None, help="serve this variant of each tower that has it (default: fp32)")
+    serve.add_argument("--provider", choices=("auto", *PROVIDERS), default="auto", help="as for embed")
+    serve.add_argument("--allow-unverified", action="store_true", help="as for embed")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    serve.add_argument("--http-port", type=positive_int, default=8000, help="default 8000")
+    serve.add_argument("--grpc-port", type=positive_int, default=8001, help="default 8001")
+    serve.add_argument("--metrics-port", type=positive_int, default=8002, help="default 8002 (Prometheus /metrics)")
+    serve.add_argument("--max-batch", type=positive_int, default=64,
+                       help="largest batch Triton forms from queued requests or accepts in one (default 64)")
+    serve.add_argument("--queue-delay-us", type=non_negative_int, default=100,
+                       help="how long a request may wait for others to batch with (default 100)")
+    serve.add_argument("--instances", type=positive_int, default=1, help="model copies (processes) per model (default 1)")
+    serve.add_argument("--threads", type=positive_int, default=None,
+                       help="ONNX Runtime threads per instance (default: the cores divided among the instances)")
+    serve.add_argument("--no-zero-shot", action="store_true", help="do not serve <prefix>_zero_shot")
+    serve.add_argument("--verbose", action="store_true", help="show Triton's own log")
+    serve.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .serve import ServeOptions, Server, ServerError, serve_forever
+
+    options = ServeOptions(variant=args.variant, provider=args.provider, host=args.host, http_port=args.http_port,
+                           grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
+                           queue_delay_us=args.queue_delay_us, instances=args.instances, threads=args.threads,
+                           allow_unverified=args.allow_unverified, zero_shot=not args.no_zero_shot)
+    status = serve_forever(Server(args.artefacts, options, verbose=args.verbose))
+    if status:
+        raise ServerError("tritonserver stopped unexpectedly (see above)")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -98,6 +135,10 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "serve":
+        from .serve import ServerError
+
+        return run_command(lambda: _serve(args), debug=args.debug, failures={ServerError: (1, "")})
     return run_command(lambda: run(args), debug=args.debug)
 
 

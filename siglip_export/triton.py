@@ -43,6 +43,7 @@ from runtime.contract import ENGINE, ONNX
 from runtime.errors import ArtefactError, UserError
 from runtime.manifest import MANIFEST, ArtefactRecord, TensorInfo
 from runtime.session import sha256_file, tensorrt_shapes
+from runtime.triton_config import TRITON_DTYPES, batching_lines, instance_lines, model_name, tensor_block
 
 from . import __version__
 from .publication import (
@@ -61,18 +62,6 @@ PLAN_PLATFORM = "tensorrt_plan"
 PLATFORMS = {ONNX: ONNX_PLATFORM, ENGINE: PLAN_PLATFORM}
 MODEL_FILES = {ONNX_PLATFORM: "model.onnx", PLAN_PLATFORM: "model.plan"}  # Triton's default file names
 
-# numpy dtype name (as the manifest records it) -> Triton data type.
-TRITON_DTYPES = {
-    "float32": "TYPE_FP32",
-    "float16": "TYPE_FP16",
-    "bfloat16": "TYPE_BF16",
-    "float64": "TYPE_FP64",
-    "int64": "TYPE_INT64",
-    "int32": "TYPE_INT32",
-    "int8": "TYPE_INT8",
-    "uint8": "TYPE_UINT8",
-    "bool": "TYPE_BOOL",
-}
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
 TENSORRT_PRECISIONS = ("FP32", "FP16", "INT8")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -203,8 +192,7 @@ def plan_models(artefacts: Artefacts, options: TritonOptions) -> list[_Model]:
             raise UserError(f"no ONNX artefact for Triton variant {label!r} in {artefacts.directory} "
                             f"(it has: {', '.join(have) or 'nothing'})")
         for record in chosen:
-            suffix = f"_{variant.replace('-', '_')}" if variant else ""
-            models.append(_model(record, artefacts.directory, f"{options.prefix}_{record.tower}{suffix}"))
+            models.append(_model(record, artefacts.directory, model_name(options.prefix, record.tower, variant)))
     for record in manifest.records(format=ENGINE) if options.include_engines else []:
         precision = re.sub(r"[^A-Za-z0-9]+", "_", record.precision)
         models.append(_model(record, artefacts.directory, f"{options.prefix}_{record.tower}_trt_{precision}"))
@@ -216,26 +204,6 @@ def plan_models(artefacts: Artefacts, options: TritonOptions) -> list[_Model]:
 
 
 # --- config.pbtxt ---------------------------------------------------------------------------
-
-def _tensor_block(kind: str, tensors: list[TensorInfo], source: Path) -> list[str]:
-    lines = [f"{kind} ["]
-    for i, tensor in enumerate(tensors):
-        shape = tensor.shape
-        if not shape or not isinstance(shape[0], str):
-            raise ArtefactError(f"{source.name}: {tensor.name} has no symbolic batch axis (shape {shape}); "
-                                f"Triton's batching needs one")
-        if tensor.dtype not in TRITON_DTYPES:
-            raise ArtefactError(f"{source.name}: {tensor.name} has dtype {tensor.dtype}, which Triton lacks")
-        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape[1:])  # -1: variable
-        lines += [
-            "  {",
-            f'    name: "{tensor.name}"',
-            f"    data_type: {TRITON_DTYPES[tensor.dtype]}",
-            f"    dims: [ {dims} ]",
-            "  }" + ("," if i < len(tensors) - 1 else ""),
-        ]
-    return lines + ["]"]
-
 
 def _profile_shapes(model: _Model, batch: int) -> str:
     return tensorrt_shapes([(t.name, t.shape) for t in model.inputs], batch)
@@ -256,13 +224,10 @@ def config_text(model: _Model, options: TritonOptions) -> str:
         f'default_model_filename: "{MODEL_FILES[model.platform]}"',
         f"max_batch_size: {max_batch}",
     ]
-    lines += _tensor_block("input", model.inputs, model.source)
-    lines += _tensor_block("output", model.outputs, model.source)
-    lines += ["dynamic_batching {"]
-    if preferred:
-        lines += [f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]"]
-    lines += [f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}"]
-    lines += ["instance_group [", "  {", f"    count: {options.instance_count}", f"    kind: {kind}", "  }", "]"]
+    lines += tensor_block("input", model.inputs, model.source)
+    lines += tensor_block("output", model.outputs, model.source)
+    lines += batching_lines(preferred, options.max_queue_delay_us)
+    lines += instance_lines(options.instance_count, kind)
     concrete = all(isinstance(d, int) for t in model.inputs for d in t.shape[1:])
     if options.tensorrt_accelerator and model.platform == ONNX_PLATFORM:
         opt = preferred[-1] if preferred else max_batch
