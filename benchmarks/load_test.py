@@ -260,17 +260,25 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_and_report(args: argparse.Namespace, run_fn, report_fn) -> tuple[int, dict | None]:
+    """Run a load test, print its report and write `--json`: (0, result), or (exit status, None)
+    when it failed (one line on stderr already)."""
     results: list[dict] = []
-    status = run_command(lambda: results.append(run(args)), debug=args.debug)
+    status = run_command(lambda: results.append(run_fn(args)), debug=args.debug)
     if status:
-        return status
-    result = results[0]
-    print(report(result))
+        return status, None
+    print(report_fn(results[0]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        args.json.write_text(json.dumps(results[0], indent=2) + "\n")
+    return 0, results[0]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    status, result = run_and_report(args, run, report)
+    if status:
+        return status
     if not result["identical"]:
         return 1
     growth = result["rss_mb"]["growth_after_warmup"]

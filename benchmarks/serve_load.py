@@ -23,7 +23,6 @@ Exit status: 0 every request answered and equal; 1 an error or a mismatch; 2 bad
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -37,9 +36,9 @@ import numpy as np
 if __package__ in (None, ""):  # `python benchmarks/serve_load.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.load_test import distinct_images  # noqa: E402
+from benchmarks.load_test import distinct_images, run_and_report  # noqa: E402
 from runtime import ImageEncoder  # noqa: E402
-from runtime.cli_support import ArgumentParser, non_negative_int, positive_int, run_command  # noqa: E402
+from runtime.cli_support import ArgumentParser, non_negative_int, positive_int  # noqa: E402
 from runtime.contract import PROVIDERS  # noqa: E402
 from runtime.preprocess import preprocess  # noqa: E402
 from runtime.serve import ServeOptions, Server  # noqa: E402
@@ -259,15 +258,9 @@ def report(r: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results: list[dict] = []
-    status = run_command(lambda: results.append(run(args)), debug=args.debug)
+    status, result = run_and_report(args, run, report)
     if status:
         return status
-    result = results[0]
-    print(report(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 1 if result["served"]["errors"] or result["in_process"]["errors"] else 0
 
 

@@ -119,5 +119,18 @@ def test_which_variants_openvino_reads(variant_export):
     fp16 = run_openvino(openvino_cpu(variant_export / "vision_model.fp16.onnx"), pixels)
     assert rel_err(fp16["pooler_output"], reference["pooler_output"]) <= 1e-2
     assert min_cosine(fp16["pooler_output"], reference["pooler_output"]) >= 0.999
-    with pytest.raises(Exception, match="QAttention"):  # ORT's dynamic int8 is ONNX Runtime only
-        openvino_cpu(variant_export / "vision_model.int8.onnx")
+    # ORT's dynamic int8 is ONNX Runtime only where it holds com.microsoft.QAttention. The
+    # accuracy-aware search may keep every attention in float on some CPU, or the gate may
+    # reject the variant: each is a valid outcome, so the check follows what was published.
+    import onnx
+
+    from runtime.artefacts import Artefacts
+
+    manifest = Artefacts(variant_export).manifest
+    int8 = variant_export / "vision_model.int8.onnx"
+    if not int8.is_file():
+        assert "int8" in {r.variant for r in manifest.rejected}, "int8 neither published nor rejected"
+        return
+    if "QAttention" in {node.op_type for node in onnx.load(str(int8), load_external_data=False).graph.node}:
+        with pytest.raises(Exception, match="QAttention"):
+            openvino_cpu(int8)
