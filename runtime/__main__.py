@@ -3,6 +3,8 @@ exported artefact directory.
 
     siglip-runtime embed artifacts cat.jpg dog.jpg --output vectors.npy [--normalize]
     siglip-runtime classify artifacts cat.jpg --labels cat dog "a red car" [--json]
+    siglip-runtime embed artifacts cat.jpg --layer -2 --output patches.npy      # [N, patches, hidden]
+    siglip-runtime attention artifacts cat.jpg dog.jpg --output-dir maps/ [--layer L] [--json]
     siglip-runtime serve artifacts [--http-port 8000] [--grpc-port 8001] [--max-batch 64] ...
 
 Exit status: 0 done; 2 bad input (one line on stderr: a missing or corrupt image, a missing
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_support import ArgumentParser, non_negative_int, positive_int, run_command
+from .cli_support import ArgumentParser, attach_negative_values, non_negative_int, positive_int, run_command
 from .contract import PROVIDERS, variant_names
 from .errors import UserError
 from .serve import PYTRITON_INSTALL
@@ -50,6 +52,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     embed = sub.add_parser("embed", parents=[common], help="write pooled image embeddings to a .npy file")
     embed.add_argument("--output", type=Path, required=True, metavar="FILE.npy", help="float32 [N, hidden] array")
     embed.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
+    embed.add_argument("--layer", type=int, default=None, metavar="I",
+                       help="write patch features [N, patches, hidden] of transformers' hidden_states[I] instead "
+                       "(e.g. -2; needs an export with --hidden-states)")
+    attention = sub.add_parser("attention", parents=[common], help="attention heatmaps over the images (PNG, JSON)")
+    attention.add_argument("--output-dir", type=Path, default=None, metavar="DIR",
+                           help="write <image name>.png per image: the heatmap blended over the image")
+    attention.add_argument("--layer", type=int, default=None, metavar="L",
+                           help="an encoder layer's self-attention (attention received per patch, averaged over "
+                           "heads and queries) instead of the pooling head's (needs an export with --attention L)")
+    attention.add_argument("--json", action="store_true", help='print [{"image": path, "grid": [[...]]}]')
     classify = sub.add_parser("classify", parents=[common], help="zero-shot sigmoid probabilities per label")
     classify.add_argument("--labels", nargs="+", required=True, metavar="LABEL", help="candidate labels")
     classify.add_argument("--template", default=None, help='prompt with {} for the label (default "This is a photo of {}.")')
@@ -108,11 +120,60 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _attention(args: argparse.Namespace, encoder) -> None:
+    """Heatmaps per image: PNGs in --output-dir and/or the grids as JSON on stdout."""
+    from .attention_maps import overlay, patch_grid
+
+    if args.output_dir is None and not args.json:
+        raise UserError("attention needs --output-dir DIR (PNG heatmaps) and/or --json (the grids)")
+    if args.output_dir is not None:
+        if args.output_dir.exists() and not args.output_dir.is_dir():
+            raise UserError(f"--output-dir {args.output_dir} is not a directory")
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    grids = [patch_grid(w) for w in encoder.attention(args.images, layer=args.layer)]
+    written, names = [], set()
+    for image, grid in zip(args.images, grids):
+        if args.output_dir is None:
+            continue
+        stem = Path(image).stem
+        name = next(f"{stem}{'' if i == 0 else f'-{i}'}.png" for i in range(len(names) + 1)
+                    if f"{stem}{'' if i == 0 else f'-{i}'}.png" not in names)
+        names.add(name)
+        target = args.output_dir / name
+        tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
+        try:
+            overlay(image, grid).save(tmp, format="PNG")
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+        written.append(target)
+    what = "pooling head" if args.layer is None else f"layer {args.layer}"
+    if args.json:
+        print(json.dumps([{"image": image, "layer": args.layer, "grid": np.round(grid, 6).tolist()}
+                          for image, grid in zip(args.images, grids)], indent=2))
+    if written:
+        print(f"wrote {len(written)} {what} attention heatmaps to {args.output_dir} ({encoder.provider})",
+              file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> None:
     from .encoders import DEFAULT_TEMPLATE, ImageEncoder, ZeroShotClassifier
 
     options = dict(provider=args.provider, threads=args.threads, batch_size=args.batch_size,
                    tensorrt=TensorRTOptions(fp16=args.trt_fp16), allow_unverified=args.allow_unverified)
+    if args.command == "attention":
+        _attention(args, ImageEncoder(args.artefacts, variant=args.variant, **options))
+        return
+    if args.command == "embed" and args.layer is not None:
+        if args.normalize:
+            raise UserError("--normalize applies to pooled embeddings, not to --layer patch features")
+        encoder = ImageEncoder(args.artefacts, variant=args.variant, **options)
+        features = encoder.features(args.images, layers=[args.layer])[args.layer]
+        _save_npy(args.output, features.astype(np.float32))
+        print(f"wrote {' x '.join(map(str, features.shape))} patch features of hidden state {args.layer} to "
+              f"{args.output} ({encoder.provider})", file=sys.stderr)
+        return
     if args.command == "embed":
         encoder = ImageEncoder(args.artefacts, variant=args.variant, **options)
         vectors = encoder.embed(args.images, normalize=args.normalize)
@@ -134,7 +195,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(attach_negative_values(list(sys.argv[1:] if argv is None else argv), ("--layer",)))
     if args.command == "serve":
         from .serve import ServerError
 

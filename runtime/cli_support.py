@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Callable
 
@@ -15,6 +16,21 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def attach_negative_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`--opt -2,5` -> `--opt=-2,5` for `options` that take index lists: argparse would read a
+    value that starts with '-' and is not a plain negative number as another option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv) and re.fullmatch(r"-\d[\d,\s-]*", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def positive_int(text: str) -> int:

@@ -12,6 +12,7 @@ This module is the one place where artefact facts live. A reader finds every kin
 | `ov-bf16`  | `<tower>_model.ov-bf16.xml`  | openvino | bf16      | openvino     | cpu, openvino                 | 0.999   |
 | `ov-int8`  | `vision_model.ov-int8.xml`   | openvino | int8      | openvino     | cpu, openvino                 | 0.99    |
 | `trt-fp16` | `vision_model.fp16.engine`   | engine   | fp16      | tensorrt     | tensorrt                      | 0.999   |
+| `features` | `vision_model.features.onnx` | onnx     | fp32      | onnxruntime  | tensorrt, cuda, cpu, openvino | fp32    |
 
 (the table is `KINDS`; `tests/test_contract.py` checks this docstring against it.)
 
@@ -226,6 +227,11 @@ register(ArtefactKind("trt-fp16", ".fp16.engine", ENGINE, "fp16", "tensorrt", ("
                       towers=("vision",), builds_from="fp16", aliases=("fp16",),
                       shared_files=("tensorrt.timing_cache",),
                       description="TensorRT engine of the fp16 graph, bound to the GPU and TensorRT that built it"))
+# Not a faster variant: the image tower with extra outputs (runtime.features), asked for with
+# --hidden-states / --attention rather than --variants; its gate is the fp32 one, on every output.
+register(ArtefactKind("features", ".features.onnx", ONNX, "fp32", "onnxruntime", (*_ONNX_ANYWHERE, "openvino"),
+                      gate=None, towers=("vision",),
+                      description="fp32 image tower with layer features and attention maps as extra outputs"))
 
 
 def runtime_of(kind: ArtefactKind, provider: str) -> str:

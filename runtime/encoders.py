@@ -16,6 +16,7 @@ import numpy as np
 
 from .artefacts import Artefacts
 from .errors import ArtefactError, InputError
+from .features import FEATURES, POOLER_ATTENTION, attention_name, hidden_state_name, normalize
 from .preprocess import image_batch, preprocess
 from .session import TensorRTOptions
 
@@ -43,8 +44,8 @@ class _Encoder:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.artefacts = _artefacts(source)
-        self.model = self.artefacts.open(self.tower, variant, provider=provider, threads=threads, tensorrt=tensorrt,
-                                         allow_unverified=allow_unverified)
+        self._open_options = dict(provider=provider, threads=threads, tensorrt=tensorrt, allow_unverified=allow_unverified)
+        self.model = self.artefacts.open(self.tower, variant, **self._open_options)
         self.batch_size = min(batch_size, self.model.max_batch or batch_size)
 
     @property
@@ -88,6 +89,49 @@ class ImageEncoder(_Encoder):
             raise InputError(f"pixel_values must be a numpy array, got {type(pixel_values).__name__}")
         out = np.concatenate([self._pooled(chunk) for chunk in self._chunks(pixel_values)])
         return l2_normalize(out) if normalize else out
+
+
+    # --- the `features` artefact: layer features and attention maps (runtime.features) -----------
+
+    def _features_runner(self):
+        if getattr(self, "_features", None) is None:
+            if not self.artefacts.has_variant("vision", FEATURES):
+                raise ArtefactError(f"{self.artefacts.directory} has no layer features or attention maps: export "
+                                    f"with --hidden-states LIST and/or --attention [LAYERS]")
+            self._features = self.artefacts.open("vision", FEATURES, **self._open_options)
+        return self._features
+
+    def _feature_outputs(self, images: Sequence, names: list[str]) -> dict[str, np.ndarray]:
+        runner = self._features_runner()
+        missing = [n for n in names if n not in runner.output_names]
+        if missing:
+            extra = [n for n in runner.output_names if n not in ("last_hidden_state", "pooler_output")]
+            raise InputError(f"{missing[0]} was not exported (the features artefact has: {', '.join(extra)}); "
+                             f"re-export with other --hidden-states / --attention")
+        parts: dict[str, list] = {n: [] for n in names}
+        for chunk in self._chunks(image_batch(images)):
+            out = runner.run(preprocess(chunk, self.settings))
+            for n in names:
+                parts[n].append(out[n])
+        return {n: np.concatenate(v) for n, v in parts.items()}
+
+    def _layers(self) -> int:
+        config = self.artefacts.manifest.model.config if self.artefacts.manifest else {}
+        return int(config.get("vision_config", config)["num_hidden_layers"])
+
+    def features(self, images: Sequence, layers: Sequence[int] = (-2,)) -> dict[int, np.ndarray]:
+        """Patch features {layer: (N, patches, hidden) float32}, keyed by the indices as given:
+        transformers' `hidden_states[layer]` (0: the patch embeddings; -2: LLaVA's choice)."""
+        count = self._layers() + 1
+        names = {layer: hidden_state_name(normalize(layer, count, "hidden state")) for layer in layers}
+        outputs = self._feature_outputs(images, list(dict.fromkeys(names.values())))
+        return {layer: outputs[name] for layer, name in names.items()}
+
+    def attention(self, images: Sequence, layer: int | None = None) -> np.ndarray:
+        """Attention maps, averaged over heads: the pooling head's weights over the patches
+        (N, patches), or, with `layer`, that encoder layer's self-attention (N, patches, patches)."""
+        name = POOLER_ATTENTION if layer is None else attention_name(normalize(layer, self._layers(), "layer"))
+        return self._feature_outputs(images, [name])[name]
 
 
 class TextEncoder(_Encoder):

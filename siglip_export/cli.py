@@ -18,7 +18,14 @@ import signal
 import sys
 from pathlib import Path
 
-from runtime.cli_support import ArgumentParser, non_negative_int, positive_int, positive_int_list, run_command
+from runtime.cli_support import (
+    ArgumentParser,
+    attach_negative_values,
+    non_negative_int,
+    positive_int,
+    positive_int_list,
+    run_command,
+)
 from runtime.contract import KINDS, TOWERS, variant_names
 from runtime.errors import UserError
 
@@ -84,11 +91,22 @@ def parse_args(argv=None, prog: str = "export.py") -> argparse.Namespace:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for random weights and random inputs (default 0)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime threads during verification (default: all cores)")
+    faster = [v for v in variant_names() if KINDS[v].gate is not None]
     parser.add_argument("--variants", type=_variants, default=(), metavar="opt,int8,...",
-                        help=f"faster artefacts to build, each published only within its gate: {', '.join(variant_names())}")
+                        help=f"faster artefacts to build, each published only within its gate: {', '.join(faster)}")
     parser.add_argument("--gate", type=_gate, action="append", default=[], metavar="VARIANT=MIN_COSINE",
                         help="override a variant's gate (minimum cosine of pooler_output vs eager fp32); defaults: "
-                        + ", ".join(f"{v}={KINDS[v].gate}" for v in variant_names()))
+                        + ", ".join(f"{v}={KINDS[v].gate}" for v in faster))
+    parser.add_argument("--image-size", type=positive_int, default=None, metavar="PIXELS",
+                        help="export for another input size than the checkpoint's (a multiple of the patch size); "
+                        "position embeddings interpolated bicubically, as transformers' interpolate_pos_encoding")
+    parser.add_argument("--hidden-states", default=None, metavar="LIST",
+                        help="also write vision_model.features.onnx with transformers' hidden_states[i] as outputs "
+                        "hidden_state_<i> (e.g. -2, or 4,8,-1, or all; 0 is the patch embeddings)")
+    parser.add_argument("--attention", nargs="?", const="", default=None, metavar="LAYERS",
+                        help="also output the pooling head's attention over the patches (pooler_attention) in "
+                        "vision_model.features.onnx; with LAYERS (e.g. -1 or 0,5), those encoder layers' "
+                        "self-attention too (attention_<l>), averaged over heads")
     parser.add_argument("--calibration-images", type=Path, default=None, metavar="DIR",
                         help="images for int8-qdq calibration (default: the packaged photos)")
     parser.add_argument("--trt-profile", type=positive_int_list, default=(1, 8, 64), metavar="MIN,OPT,MAX",
@@ -98,7 +116,8 @@ def parse_args(argv=None, prog: str = "export.py") -> argparse.Namespace:
     add_triton_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="print only errors and the summary table")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(attach_negative_values(argv, ("--hidden-states", "--attention")))
 
 
 def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C so the scratch directory is removed
@@ -125,6 +144,7 @@ def main(argv=None, prog: str | None = None) -> int:
         opset=args.opset, verify_batch_sizes=args.verify_batch_sizes, simplify=not args.no_simplify,
         seed=args.seed, gate=Gate(), threads=args.threads, variants=args.variants, gates=dict(args.gate),
         calibration_images=args.calibration_images, trt_profile=args.trt_profile,
+        hidden_states=args.hidden_states, attention=args.attention, image_size=args.image_size,
     )
 
     def export() -> None:

@@ -207,6 +207,10 @@ def config_from_dict(values: dict[str, Any]) -> AnyConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"config must be a JSON object, got {type(values).__name__}")
     model_type = values.get("model_type")
+    if isinstance(model_type, str) and model_type.startswith("siglip2"):
+        raise ConfigError(f"model_type {model_type!r} is SigLIP 2 NaFlex (variable resolution, packed patches), "
+                          f"which this exporter does not support; the fixed-resolution google/siglip2-*-patch16-* "
+                          f"checkpoints are model_type 'siglip'")
     try:
         if model_type == SiglipConfig.model_type or "vision_config" in values:
             if model_type not in (None, SiglipConfig.model_type):

@@ -100,20 +100,27 @@ class SiglipAttention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
 
     def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_with_weights(hidden_states, key_value_states, weights=False)[0]
+
+    def forward_with_weights(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor | None = None,
+                             weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output (B, n, D), attention weights averaged over heads (B, n, m) or None). Asking
+        for the weights takes the explicit-softmax path (fused kernels do not return them)."""
         kv = hidden_states if key_value_states is None else key_value_states
         b, n, d = hidden_states.shape
         q = self._heads(self.q_proj(hidden_states))  # (B, H, n, hd)
         k = self._heads(self.k_proj(kv))  # (B, H, m, hd)
         v = self._heads(self.v_proj(kv))  # (B, H, m, hd)
         dropout = self.dropout if self.training else 0.0
-        if self.fused_attn:
+        probs = None
+        if self.fused_attn and not weights:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
         else:
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, H, n, m)
-            weights = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
-            out = torch.matmul(weights, v)  # (B, H, n, hd)
+            probs = scores.softmax(dim=-1)
+            out = torch.matmul(F.dropout(probs, p=dropout, training=self.training), v)  # (B, H, n, hd)
         out = out.transpose(1, 2).reshape(b, n, d)  # (B, n, D)
-        return self.out_proj(out)
+        return self.out_proj(out), (probs.mean(dim=1) if weights else None)
 
 
 class SiglipMLP(nn.Module):
@@ -138,9 +145,14 @@ class SiglipEncoderLayer(nn.Module):
         self.mlp = SiglipMLP(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
+        return self.forward_with_weights(x, weights=False)[0]
+
+    def forward_with_weights(self, x: torch.Tensor, weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output, self-attention weights averaged over heads (B, n, n) or None)."""
+        attended, probs = self.self_attn.forward_with_weights(self.layer_norm1(x), weights=weights)
+        x = x + attended
         x = x + self.mlp(self.layer_norm2(x))
-        return x
+        return x, probs
 
 
 class SiglipEncoder(nn.Module):
@@ -168,10 +180,15 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
         self.mlp = SiglipMLP(config)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_weights(hidden_states, weights=False)[0]
+
+    def forward_with_weights(self, hidden_states: torch.Tensor,
+                             weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled (B, D), the probe's attention over the patches averaged over heads (B, N) or None)."""
         probe = self.probe.expand(hidden_states.shape[0], -1, -1)  # (B, 1, D)
-        x = self.attention(probe, key_value_states=hidden_states)  # (B, 1, D)
+        x, probs = self.attention.forward_with_weights(probe, key_value_states=hidden_states, weights=weights)
         x = x + self.mlp(self.layernorm(x))
-        return x[:, 0]  # (B, D)
+        return x[:, 0], (probs[:, 0] if weights else None)
 
 
 class SiglipVisionTransformer(nn.Module):

@@ -64,6 +64,9 @@ class TowerSpec:
 
 
 def tower_spec(tower: SiglipVisionTransformer | SiglipTextTransformer) -> TowerSpec:
+    inner = getattr(tower, "tower", None)  # a wrapper with extra outputs (features.VisionFeatures)
+    if isinstance(inner, SiglipVisionTransformer):
+        return tower_spec(inner)
     if isinstance(tower, SiglipVisionTransformer):
         c = tower.config
         return TowerSpec("vision", "pixel_values", "float32",
@@ -113,9 +116,11 @@ def quiet(*logger_names: str):
 
 
 def export_tower(
-    tower: SiglipVisionTransformer | SiglipTextTransformer, opset: int = DEFAULT_OPSET
+    tower: SiglipVisionTransformer | SiglipTextTransformer, opset: int = DEFAULT_OPSET,
+    output_names: tuple[str, ...] = OUTPUT_NAMES,
 ) -> onnx.ModelProto:
     """Export one tower to an in-memory ONNX model with the contract's names and a `batch` axis.
+    `output_names`: the module's outputs in order (the contract's two, then any extras).
 
     The tower runs its explicit-softmax attention for the export and is restored afterwards.
     """
@@ -133,7 +138,7 @@ def export_tower(
                 (example_input(spec, batch=2),),
                 dynamo=True,
                 input_names=[spec.input_name],
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(output_names),
                 dynamic_shapes={spec.input_name: {0: batch}},
                 opset_version=opset,
                 optimize=True,
@@ -143,17 +148,17 @@ def export_tower(
         for m, flag in zip(attention, previous):
             m.fused_attn = flag
     model = program.model_proto
-    name_batch_axis(model, spec)
+    name_batch_axis(model, spec, output_names)
     return model
 
 
-def name_batch_axis(model: onnx.ModelProto, spec: TowerSpec) -> None:
+def name_batch_axis(model: onnx.ModelProto, spec: TowerSpec, output_names: tuple[str, ...] = OUTPUT_NAMES) -> None:
     """Check the exported graph's input and output names, and name their axis 0 `batch`."""
     ios = [i for i in model.graph.input if i.name == spec.input_name] + list(model.graph.output)
-    if [i.name for i in ios] != [spec.input_name, *OUTPUT_NAMES]:
+    if [i.name for i in ios] != [spec.input_name, *output_names]:
         raise ExportError(
             f"exported graph has inputs {[i.name for i in model.graph.input]} and outputs "
-            f"{[o.name for o in model.graph.output]}, expected {spec.input_name} -> {list(OUTPUT_NAMES)}"
+            f"{[o.name for o in model.graph.output]}, expected {spec.input_name} -> {list(output_names)}"
         )
     ensure_batch_axis(model, spec.input_name)
 

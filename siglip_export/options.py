@@ -7,7 +7,9 @@ from pathlib import Path
 
 from runtime.contract import ENGINE, KINDS, variant_names
 from runtime.errors import UserError
+from runtime.features import FEATURES, parse_layers
 
+from .features import FeatureRequest
 from .onnx_export import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET, check_opset
 from .verify import Gate
 
@@ -29,6 +31,18 @@ class ExportOptions:
     gates: dict[str, float] = field(default_factory=dict)  # variant -> min cosine, over each kind's default
     calibration_images: Path | None = None  # int8-qdq calibration (default: the packaged photos)
     trt_profile: tuple[int, int, int] = (1, 8, 64)  # TensorRT batch profile min / opt / max
+    # The `features` artefact (runtime.features): layer indices as given ("-2", "4,8,-1", "all"),
+    # resolved against the model's depth once it is loaded; attention "" is the pooling head's only.
+    hidden_states: str | None = None
+    attention: str | None = None
+    image_size: int | None = None  # export for this input size (position embeddings interpolated)
+
+    def feature_request(self, layers: int) -> FeatureRequest:
+        """What the features artefact outputs, for a tower of `layers` encoder layers."""
+        hidden = parse_layers(self.hidden_states, layers + 1, "--hidden-states index") if self.hidden_states else ()
+        attention = (parse_layers(self.attention, layers, "--attention layer") if self.attention else ())
+        return FeatureRequest(hidden_states=hidden, attention_layers=attention,
+                              pooler_attention=self.attention is not None)
 
     def gate_for(self, variant: str) -> Gate:
         """A variant's gate: a minimum cosine of pooler_output (--gate, else its kind's default)."""
@@ -42,6 +56,12 @@ class ExportOptions:
             raise UserError(f"verify batch sizes must be positive integers, got {self.verify_batch_sizes}")
         from .variants import BUILDERS  # the builders import these options' type
 
+        if FEATURES in self.variants:
+            raise UserError(f"{FEATURES!r} is not a --variants entry: ask for --hidden-states and/or --attention")
+        self.feature_request(10_000)  # the syntax now; the range once the model's depth is known
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 1):
+            raise UserError(f"--image-size must be a positive integer, got {self.image_size!r}")
         known = variant_names()
         unknown = [v for v in self.variants if v not in known]
         if unknown:

@@ -12,18 +12,22 @@ manifest's records).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 import torch
 
-from runtime.contract import KINDS, TOWERS
+from runtime.contract import KINDS, OUTPUTS, TOWERS, ArtefactKind
 from runtime.errors import ArtefactError, UserError
+from runtime.features import FEATURES
 from runtime.manifest import MANIFEST, ArtefactRecord, Manifest, ModelRecord
 from runtime.preprocess import PREPROCESSOR_CONFIG, ImageSettings
 from runtime.session import sha256_file
@@ -31,6 +35,7 @@ from runtime.session import sha256_file
 from . import __version__
 from .checkpoint import load_pretrained, weight_files
 from .config import DEFAULT_PRESET, preset, save_config
+from .features import FeatureRequest, VisionFeatures, eager_feature_outputs, resize_position_embeddings
 from .modeling_siglip import SiglipModel, SiglipVisionModel, build_model
 from .onnx_export import (
     ExportError,
@@ -48,7 +53,7 @@ from .publication import check_replaceable, is_within, make_scratch, publish, re
 from .records import file_record, tool_versions
 from .runtime_gates import measure, measure_elsewhere, reference_provider
 from .variants import TowerExport, build_variants
-from .verify import VerificationError, describe_failures, eager_outputs, verification_inputs
+from .verify import Gate, VerificationError, describe_failures, eager_outputs, verification_inputs
 
 # Files a runtime needs beside the models, copied from a checkpoint when present.
 TOKENIZER_FILES = ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
@@ -118,9 +123,12 @@ def select_towers(model, requested: tuple[str, ...] | None) -> dict[str, torch.n
 
 
 def image_settings_for(options: ExportOptions, config) -> ImageSettings:
-    """The checkpoint's own preprocessor_config.json when it has one, else SigLIP's standard."""
+    """The checkpoint's own preprocessor_config.json when it has one, else SigLIP's standard;
+    with --image-size, resizing to that size (the rest of the checkpoint's settings kept)."""
     if options.checkpoint is not None and (Path(options.checkpoint) / PREPROCESSOR_CONFIG).is_file():
         settings = ImageSettings.from_file(Path(options.checkpoint) / PREPROCESSOR_CONFIG)
+        if options.image_size is not None:
+            return dataclasses.replace(settings, height=config.image_size, width=config.image_size)
         if (settings.height, settings.width) != (config.image_size, config.image_size):
             raise UserError(
                 f"{PREPROCESSOR_CONFIG} resizes to {settings.height}x{settings.width}, but the model "
@@ -130,7 +138,7 @@ def image_settings_for(options: ExportOptions, config) -> ImageSettings:
     return ImageSettings(height=config.image_size, width=config.image_size)
 
 
-def _save_checked(model: onnx.ModelProto, path: Path, spec, metadata_props: dict[str, str],
+def _save_checked(model: onnx.ModelProto, path: Path, metadata_props: dict[str, str],
                   threshold: int) -> tuple[list[str], tuple]:
     """Check the batch axis, stamp the metadata, save; returns (external data files, IO signature).
 
@@ -138,7 +146,7 @@ def _save_checked(model: onnx.ModelProto, path: Path, spec, metadata_props: dict
     """
     bad = batch_axis_is_symbolic(model)
     if bad:
-        raise ExportError(f"{spec.file}: the batch axis of {', '.join(bad)} is not the symbolic 'batch'")
+        raise ExportError(f"{path.name}: the batch axis of {', '.join(bad)} is not the symbolic 'batch'")
     set_metadata(model, metadata_props)
     signature = io_signature(model)
     return save_model(model, path, threshold), signature
@@ -151,44 +159,72 @@ def _verification_inputs(name: str, tower, options: ExportOptions, image_setting
                                vocab_size=text.vocab_size if text else None, pad_id=pad)
 
 
-def export_one(tower: TowerExport, options: ExportOptions, progress: Progress) -> ArtefactRecord:
-    """Export, check, simplify, save and verify one tower into `tower.plain`; keeps the raw
-    export at `tower.raw` for the `opt` variant, whose fusion needs the unsimplified graph."""
-    spec, path, raw = tower.spec, tower.plain, tower.raw
+@dataclass
+class ExportTarget:
+    """One file exported from a torch module: the plain tower (the contract's two outputs), or
+    the tower with extra outputs (the `features` kind)."""
+
+    kind: ArtefactKind
+    module: torch.nn.Module
+    outputs: tuple[str, ...]
+    gate: Gate
+    reference: Callable[[np.ndarray], dict[str, np.ndarray]]
+    build: dict | None = None
+
+
+def plain_target(tower: TowerExport, options: ExportOptions) -> ExportTarget:
+    return ExportTarget(KINDS[None], tower.module, OUTPUTS, options.gate, tower.reference)
+
+
+def features_target(tower: TowerExport, request: FeatureRequest, options: ExportOptions) -> ExportTarget:
+    """The image tower with the layer features and attention maps `request` asks for, gated like
+    the fp32 export on every output."""
+    module = VisionFeatures(tower.module, request)
+    outputs = request.outputs()
+    gate = Gate(max_rel_err=options.gate.max_rel_err, min_cosine=options.gate.min_cosine, outputs=outputs)
+    return ExportTarget(KINDS[FEATURES], module, outputs, gate, lambda x: eager_feature_outputs(module, x),
+                        build=request.record())
+
+
+def export_one(tower: TowerExport, target: ExportTarget, options: ExportOptions, progress: Progress) -> ArtefactRecord:
+    """Export, check, simplify, save and verify one file of `tower`; the plain export keeps its
+    raw graph at `tower.raw` for the `opt` variant, whose fusion needs the unsimplified graph."""
+    kind = target.kind
+    path = tower.scratch / kind.file(tower.name)
+    raw = tower.scratch / f".raw.{path.name}" if options.simplify else path
     threshold = options.external_data_threshold
     # The raw export is written to disk and dropped from memory before onnxsim reads it back:
     # holding both graphs (and the checker's serialised copy) would double the peak memory.
-    with progress.step(f"export {spec.file} (opset {options.opset})"):
-        model = export_tower(tower.module, options.opset)
-        data_files, signature = _save_checked(model, raw, spec, tower.metadata, threshold)
+    extras = f", {len(target.outputs) - len(OUTPUTS)} extra outputs" if len(target.outputs) > len(OUTPUTS) else ""
+    with progress.step(f"export {path.name} (opset {options.opset}{extras})"):
+        model = export_tower(target.module, options.opset, target.outputs)
+        data_files, signature = _save_checked(model, raw, tower.metadata, threshold)
         del model
         gc.collect()
-    with progress.step(f"check {spec.file} (full_check)"):
+    with progress.step(f"check {path.name} (full_check)"):
         onnx.checker.check_model(str(raw), full_check=True)
     if options.simplify:
-        with progress.step(f"simplify {spec.file} (onnxsim)") as step:
+        with progress.step(f"simplify {path.name} (onnxsim)") as step:
             before = len(onnx.load(str(raw), load_external_data=False).graph.node)
             model = simplify_portable(raw)
             step["note"] = f"{before} -> {len(model.graph.node)} nodes"
-            data_files, signature = _save_checked(model, path, spec, tower.metadata, threshold)
+            data_files, signature = _save_checked(model, path, tower.metadata, threshold)
             del model
             gc.collect()
             onnx.checker.check_model(str(path), full_check=True)
-    kind = KINDS[None]
-    with progress.step(f"verify {spec.file} batch {','.join(map(str, options.verify_batch_sizes))}") as step:
-        parity = measure(kind, path, reference_provider(kind), tower.reference, tower.inputs, options.gate,
+    with progress.step(f"verify {path.name} batch {','.join(map(str, options.verify_batch_sizes))}") as step:
+        parity = measure(kind, path, reference_provider(kind), target.reference, tower.inputs, target.gate,
                          options.threads)
-        numbers = parity.worst()
-        step["note"] = (f"min cosine {min(numbers['last_hidden_state_min_cosine'], numbers['pooler_output_min_cosine']):.7f}"
-                        + ("" if parity.passed else "  FAILED"))
+        worst = min(r.outputs[o].min_cosine for r in parity.results for o in target.outputs)
+        step["note"] = f"min cosine {worst:.7f}" + ("" if parity.passed else "  FAILED")
     if not parity.passed:
-        raise VerificationError(describe_failures(spec.file, parity, options.gate))
-    others = measure_elsewhere(kind, path, tower.reference, tower.inputs, options.gate, options.threads, progress,
+        raise VerificationError(describe_failures(path.name, parity, target.gate))
+    others = measure_elsewhere(kind, path, target.reference, tower.inputs, target.gate, options.threads, progress,
                                parity.runtime)
     inputs, outputs = signature
     return ArtefactRecord(**file_record(path, data_files), tower=tower.name, variant=kind.variant, format=kind.format,
                           precision=kind.precision, opset=options.opset, inputs=inputs, outputs=outputs,
-                          parity=parity, simplified=options.simplify, runtimes=others)
+                          parity=parity, simplified=options.simplify, runtimes=others, build=target.build)
 
 
 def copy_runtime_files(options: ExportOptions, model, scratch: Path, image_settings: ImageSettings) -> list[str]:
@@ -250,7 +286,14 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
         model, source = load_model(options, progress)
         towers = select_towers(model, options.towers)
         vision_config = model.config.vision_config if isinstance(model, SiglipModel) else model.config
+        if options.image_size is not None:
+            with progress.step(f"resize position embeddings to {options.image_size}px") as step:
+                source["image_size"] = resize_position_embeddings(model.vision_model, options.image_size)
+                step["note"] = f"from {source['image_size']['interpolated_from'] or options.image_size}px, bicubic"
         image_settings = image_settings_for(options, vision_config)
+        features = options.feature_request(vision_config.num_hidden_layers)
+        if features.wanted and "vision" not in towers:
+            raise UserError("--hidden-states / --attention need the image tower (add vision to --towers)")
         manifest = Manifest(
             source=source,
             model=ModelRecord(
@@ -263,8 +306,11 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
         )
         for name, module in towers.items():
             tower = _tower_export(name, module, scratch, options, source, image_settings)
-            tower.plain_record = export_one(tower, options, progress)
+            tower.plain_record = export_one(tower, plain_target(tower, options), options, progress)
             manifest.artefacts.append(tower.plain_record)
+            if name == "vision" and features.wanted:
+                manifest.artefacts.append(export_one(tower, features_target(tower, features, options), options,
+                                                     progress))
             if options.variants:
                 built = build_variants(tower, options, progress)
                 manifest.artefacts += built.published
