@@ -127,11 +127,23 @@ class Artefacts:
             )
         return model.logit_scale, model.logit_bias
 
+    def has_tokenizer(self) -> bool:
+        """Whether the directory holds a tokenizer: SigLIP's `spiece.model` or SigLIP 2's (Gemma) `tokenizer.model`."""
+        from .gemma_tokenizer import is_gemma
+
+        return (self.directory / "spiece.model").is_file() or is_gemma(self.directory)
+
     def tokenizer(self, max_length: int):
-        """The SigLIP tokenizer from the directory's sentencepiece files."""
+        """The text tokenizer of the directory: SigLIP 2's Gemma sentencepiece (`tokenizer.model`)
+        or SigLIP's (`spiece.model`), configured by `tokenizer_config.json`."""
+        from .gemma_tokenizer import GemmaTokenizer, is_gemma
+
+        if is_gemma(self.directory):
+            return GemmaTokenizer.from_directory(self.directory, max_length=max_length)
         if not (self.directory / "spiece.model").is_file():
             raise ArtefactError(
-                f"{self.directory} has no tokenizer (spiece.model); export from a checkpoint that includes it"
+                f"{self.directory} has no tokenizer (spiece.model or tokenizer.model); export from a checkpoint "
+                f"that includes it"
             )
         from .tokenizer import SiglipTokenizer
 

@@ -208,7 +208,7 @@ def plan(artefacts: Artefacts, options: ServeOptions) -> list[ServedModel]:
 def _can_classify(artefacts: Artefacts) -> bool:
     """Zero-shot needs both towers, the tokenizer and the logit scale and bias."""
     model = artefacts.manifest.model if artefacts.manifest is not None else None
-    return ({"vision", "text"} <= set(artefacts.towers) and (artefacts.directory / "spiece.model").is_file()
+    return ({"vision", "text"} <= set(artefacts.towers) and artefacts.has_tokenizer()
             and model is not None and model.logit_scale is not None)
 
 

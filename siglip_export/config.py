@@ -246,7 +246,8 @@ def save_config(config: AnyConfig, path: str | Path) -> None:
 # --- Presets: the released family, values from the released config.json files. ------------
 # Fields not listed keep the defaults above, as they do in the released files.
 
-def _preset(image_size: int, patch_size: int = 16, width: str = "base", text_positions: int = 64):
+def _preset(image_size: int, patch_size: int = 16, width: str = "base", text_positions: int = 64,
+            siglip2: bool = False):
     widths = {
         # hidden, intermediate, layers, heads
         "base": (768, 3072, 12, 12),
@@ -261,7 +262,10 @@ def _preset(image_size: int, patch_size: int = 16, width: str = "base", text_pos
         num_attention_heads=heads,
     )
     return lambda: SiglipConfig(
-        text_config=SiglipTextConfig(max_position_embeddings=text_positions, **dims),
+        # SigLIP 2 (fixed resolution): the same towers, Gemma's 256k vocabulary (<pad> 0, <eos> 1, <bos> 2).
+        text_config=SiglipTextConfig(max_position_embeddings=text_positions, **dims,
+                                     **(dict(vocab_size=256000, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+                                        if siglip2 else {})),
         vision_config=SiglipVisionConfig(image_size=image_size, patch_size=patch_size, **dims),
     )
 
@@ -275,6 +279,9 @@ PRESETS = {
     "siglip-large-patch16-384": _preset(384, width="large"),
     "siglip-so400m-patch14-224": _preset(224, patch_size=14, width="so400m", text_positions=16),
     "siglip-so400m-patch14-384": _preset(384, patch_size=14, width="so400m"),
+    **{f"siglip2-base-patch16-{size}": _preset(size, siglip2=True) for size in (224, 256, 384, 512)},
+    **{f"siglip2-large-patch16-{size}": _preset(size, width="large", siglip2=True) for size in (256, 384, 512)},
+    **{f"siglip2-so400m-patch16-{size}": _preset(size, width="so400m", siglip2=True) for size in (256, 384, 512)},
 }
 DEFAULT_PRESET = "siglip-base-patch16-224"
 

@@ -56,7 +56,7 @@ from .variants import TowerExport, build_variants
 from .verify import Gate, VerificationError, describe_failures, eager_outputs, verification_inputs
 
 # Files a runtime needs beside the models, copied from a checkpoint when present.
-TOKENIZER_FILES = ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
                    "added_tokens.json")
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: exported from preset {preset!r} with seed {seed}, not a trained model. "

@@ -42,6 +42,23 @@ def train_sentencepiece(path: Path, vocab_size: int = 400) -> Path:
     return path
 
 
+def train_gemma_sentencepiece(path: Path, vocab_size: int = 400) -> Path:
+    """A sentencepiece model in SigLIP 2's (Gemma's) layout: BPE with byte fallback, no dummy
+    prefix, no normalisation; <pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4."""
+    import sentencepiece as spm
+
+    blob = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_sentencepiece_corpus()), model_writer=blob, model_type="bpe", vocab_size=vocab_size,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=["<mask>"], byte_fallback=True, add_dummy_prefix=False,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+        character_coverage=1.0, minloglevel=2,
+    )
+    path.write_bytes(blob.getvalue())
+    return path
+
+
 TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
 

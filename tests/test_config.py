@@ -52,8 +52,27 @@ def test_presets_match_released_configs(name):
     assert preset(f"google/{name}") == config
 
 
+# SigLIP 2, fixed resolution: the same towers with Gemma's 256k vocabulary and 64 text positions.
+RELEASED_2 = {
+    **{f"siglip2-base-patch16-{s}": (768, 12, 12, 3072, s) for s in (224, 256, 384, 512)},
+    **{f"siglip2-large-patch16-{s}": (1024, 24, 16, 4096, s) for s in (256, 384, 512)},
+    **{f"siglip2-so400m-patch16-{s}": (1152, 27, 16, 4304, s) for s in (256, 384, 512)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_2))
+def test_siglip2_presets(name):
+    config = preset(name)
+    hidden, layers, heads, inter, image = RELEASED_2[name]
+    v, t = config.vision_config, config.text_config
+    assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size) == (hidden, layers, heads, inter)
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size) == (hidden, layers, heads, inter)
+    assert (v.image_size, v.patch_size, t.max_position_embeddings, t.vocab_size) == (image, 16, 64, 256000)
+    assert (t.pad_token_id, t.eos_token_id, t.bos_token_id) == (0, 1, 2)
+
+
 def test_presets_cover_the_family_and_unknown_is_named():
-    assert set(PRESETS) == set(RELEASED)
+    assert set(PRESETS) == set(RELEASED) | set(RELEASED_2)
     with pytest.raises(ConfigError, match="'siglip-huge'"):
         preset("siglip-huge")
 
