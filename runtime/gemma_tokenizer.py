@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtefactError, InputError, first_line
-from .tokenizer import _NO_LIMIT, _import_sentencepiece, _read_json
+from .tokenizer import _NO_LIMIT, _import_sentencepiece, _read_json, check_layout, padded_ids
 
 MODEL_FILE = "tokenizer.model"
 
@@ -48,11 +48,7 @@ class GemmaTokenizer:
                  padding_side: str = "left", truncation_side: str = "right"):
         spm = _import_sentencepiece()
         self.model_file = Path(model_file)
-        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
-            raise InputError(f"max_length must be an integer >= 1, got {max_length!r}")
-        for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
-            if side not in ("left", "right"):
-                raise InputError(f"{name} must be 'left' or 'right', got {side!r}")
+        check_layout(max_length, padding_side, truncation_side)
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=self.model_file.read_bytes())
         except Exception as exc:  # unreadable, empty or corrupt model
@@ -112,25 +108,14 @@ class GemmaTokenizer:
             last = match.end()
         if last < len(text):
             ids += self._sp.encode(text[last:])
-        room = self.max_length - self.add_bos_token - self.add_eos_token
+        room = max(self.max_length - self.add_bos_token - self.add_eos_token, 0)
         if len(ids) > room:
-            ids = ids[len(ids) - room:] if self.truncation_side == "left" else ids[:max(room, 0)]
-        return [self.bos_id] * self.add_bos_token + ids + [self.eos_id] * self.add_eos_token
+            ids = ids[len(ids) - room:] if self.truncation_side == "left" else ids[:room]
+        return ([self.bos_id] * self.add_bos_token + ids + [self.eos_id] * self.add_eos_token)[:self.max_length]
 
     def __call__(self, texts: str | list[str]) -> np.ndarray:
         """int64 ids `[N, max_length]`, padded with pad_id on `padding_side`."""
-        if isinstance(texts, str):
-            texts = [texts]
-        elif not isinstance(texts, (list, tuple)) or not texts:
-            raise InputError(f"texts must be a str or a non-empty list of str, got {texts!r:.60}")
-        out = np.full((len(texts), self.max_length), self.pad_id, dtype=np.int64)
-        for row, text in enumerate(texts):
-            ids = self.encode(text)[:self.max_length]
-            if self.padding_side == "left":
-                out[row, self.max_length - len(ids):] = ids
-            else:
-                out[row, :len(ids)] = ids
-        return out
+        return padded_ids(texts, self.encode, self.max_length, self.pad_id, self.padding_side)
 
     def __repr__(self) -> str:
         return (f"GemmaTokenizer({str(self.model_file)!r}, max_length={self.max_length}, "

@@ -144,11 +144,7 @@ class SiglipTokenizer:
         self.model_file = Path(model_file)
         if not self.model_file.is_file():
             raise ArtefactError(f"sentencepiece model not found: {self.model_file}")
-        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
-            raise InputError(f"max_length must be an integer >= 1, got {max_length!r}")
-        for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
-            if side not in ("left", "right"):
-                raise InputError(f"{name} must be 'left' or 'right', got {side!r}")
+        check_layout(max_length, padding_side, truncation_side)
         try:
             proto = self.model_file.read_bytes()
             if not proto:
@@ -305,27 +301,42 @@ class SiglipTokenizer:
 
     def __call__(self, texts: str | list[str]) -> np.ndarray:
         """int64 ids `[N, max_length]`: each text encoded, truncated and padded with pad_id."""
-        if isinstance(texts, str):
-            texts = [texts]
-        elif isinstance(texts, (list, tuple)):
-            if not texts:
-                raise InputError("texts is an empty list")
-        else:
-            raise InputError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-        out = np.full((len(texts), self.max_length), self.pad_id, dtype=np.int64)
-        for row, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InputError(f"texts[{row}] must be a str, got {type(text).__name__}")
-            ids = self.encode(text)
-            if self.padding_side == "left":
-                out[row, self.max_length - len(ids):] = ids
-            else:
-                out[row, :len(ids)] = ids
-        return out
+        return padded_ids(texts, self.encode, self.max_length, self.pad_id, self.padding_side)
 
     def __repr__(self) -> str:
         return (f"SiglipTokenizer({str(self.model_file)!r}, max_length={self.max_length}, "
                 f"do_lower_case={self.do_lower_case}, pad_id={self.pad_id}, eos_id={self.eos_id})")
+
+
+def check_layout(max_length, padding_side: str, truncation_side: str) -> None:
+    """InputError naming a max_length that is not an integer >= 1, or a side not left / right."""
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
+        raise InputError(f"max_length must be an integer >= 1, got {max_length!r}")
+    for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
+        if side not in ("left", "right"):
+            raise InputError(f"{name} must be 'left' or 'right', got {side!r}")
+
+
+def padded_ids(texts, encode, max_length: int, pad_id: int, padding_side: str) -> np.ndarray:
+    """int64 `[N, max_length]`: `encode(text)` of each text (already truncated), padded with
+    `pad_id` on `padding_side`. InputError for anything but a str or a non-empty list of str."""
+    if isinstance(texts, str):
+        texts = [texts]
+    elif isinstance(texts, (list, tuple)):
+        if not texts:
+            raise InputError("texts is an empty list")
+    else:
+        raise InputError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    out = np.full((len(texts), max_length), pad_id, dtype=np.int64)
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{row}] must be a str, got {type(text).__name__}")
+        ids = encode(text)
+        if padding_side == "left":
+            out[row, max_length - len(ids):] = ids
+        else:
+            out[row, :len(ids)] = ids
+    return out
 
 
 def _read_json(path: Path) -> dict:
