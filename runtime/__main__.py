@@ -126,18 +126,17 @@ def _attention(args: argparse.Namespace, encoder) -> None:
 
     if args.output_dir is None and not args.json:
         raise UserError("attention needs --output-dir DIR (PNG heatmaps) and/or --json (the grids)")
-    if args.output_dir is not None:
-        if args.output_dir.exists() and not args.output_dir.is_dir():
-            raise UserError(f"--output-dir {args.output_dir} is not a directory")
-        args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.output_dir is not None and args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UserError(f"--output-dir {args.output_dir} is not a directory")
     grids = [patch_grid(w) for w in encoder.attention(args.images, layer=args.layer)]
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
     written, names = [], set()
-    for image, grid in zip(args.images, grids):
-        if args.output_dir is None:
-            continue
-        stem = Path(image).stem
-        name = next(f"{stem}{'' if i == 0 else f'-{i}'}.png" for i in range(len(names) + 1)
-                    if f"{stem}{'' if i == 0 else f'-{i}'}.png" not in names)
+    for image, grid in zip(args.images, grids if args.output_dir is not None else []):
+        stem, n = Path(image).stem, 1
+        name = f"{stem}.png"
+        while name in names:  # two images of one name: cat.png, cat-1.png
+            name, n = f"{stem}-{n}.png", n + 1
         names.add(name)
         target = args.output_dir / name
         tmp = target.with_name(f".{name}.tmp-{os.getpid()}")

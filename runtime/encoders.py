@@ -90,7 +90,6 @@ class ImageEncoder(_Encoder):
         out = np.concatenate([self._pooled(chunk) for chunk in self._chunks(pixel_values)])
         return l2_normalize(out) if normalize else out
 
-
     # --- the `features` artefact: layer features and attention maps (runtime.features) -----------
 
     def _features_runner(self):

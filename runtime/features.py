@@ -38,18 +38,27 @@ def normalize(index: int, count: int, what: str) -> int:
     return index % count
 
 
-def parse_layers(text: str, count: int, what: str) -> tuple[int, ...]:
-    """"-2", "4,8,-1" or "all" -> sorted, distinct, non-negative indices < count."""
+def parse_indices(text: str, what: str) -> list[int] | None:
+    """"-2" or "4,8,-1" -> the integers as given; "all" -> None. UserError for anything else."""
     text = text.strip()
     if text == "all":
-        return tuple(range(count))
+        return None
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{what} must be comma-separated integers or 'all', got {text!r}") from None
     if not values:
         raise UserError(f"{what} is empty: give indices (e.g. -2 or 4,8,-1) or 'all'")
+    return values
+
+
+def parse_layers(text: str, count: int, what: str) -> tuple[int, ...]:
+    """"-2", "4,8,-1" or "all" -> sorted, distinct, non-negative indices < count."""
+    values = parse_indices(text, what)
+    if values is None:
+        return tuple(range(count))
     return tuple(sorted({normalize(v, count, what) for v in values}))
 
 
-__all__ = ["FEATURES", "POOLER_ATTENTION", "attention_name", "hidden_state_name", "normalize", "parse_layers"]
+__all__ = ["FEATURES", "POOLER_ATTENTION", "attention_name", "hidden_state_name", "normalize", "parse_indices",
+           "parse_layers"]

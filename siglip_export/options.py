@@ -7,7 +7,7 @@ from pathlib import Path
 
 from runtime.contract import ENGINE, KINDS, variant_names
 from runtime.errors import UserError
-from runtime.features import FEATURES, parse_layers
+from runtime.features import FEATURES, parse_indices, parse_layers
 
 from .features import FeatureRequest
 from .onnx_export import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET, check_opset
@@ -58,7 +58,10 @@ class ExportOptions:
 
         if FEATURES in self.variants:
             raise UserError(f"{FEATURES!r} is not a --variants entry: ask for --hidden-states and/or --attention")
-        self.feature_request(10_000)  # the syntax now; the range once the model's depth is known
+        # The syntax now; the range once the model's depth is known (the pipeline, after loading).
+        for text, what in ((self.hidden_states, "--hidden-states index"), (self.attention, "--attention layer")):
+            if text:
+                parse_indices(text, what)
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
                                             or self.image_size < 1):
             raise UserError(f"--image-size must be a positive integer, got {self.image_size!r}")
