@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> dict:
     encoder = ImageEncoder(args.artefacts, variant=args.variant, provider=args.provider, threads=args.ort_threads,
                            batch_size=args.max_batch)
     photos = preprocess(distinct_images(), encoder.settings)
-    inputs = [np.ascontiguousarray(np.roll(photos, -i, axis=0)[:args.batch_size]) for i in range(len(photos))]
+    # Request i: batch-size images from photo i on, wrapping around (any batch size, distinct requests).
+    inputs = [photos[(np.arange(args.batch_size) + i) % len(photos)] for i in range(len(photos))]
     expected = [encoder.embed_pixels(x) for x in inputs]
 
     def in_process(state, index):

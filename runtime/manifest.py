@@ -34,8 +34,9 @@ SCHEMA_VERSION = 3
 
 def _runtime_from_provider(provider: str) -> str:
     """The runtime a parity record written before schema 3 was measured in, from its provider."""
-    known = {"CPUExecutionProvider": "onnxruntime-cpu", "CUDAExecutionProvider": "onnxruntime-cuda",
-             "TensorrtExecutionProvider": "onnxruntime-tensorrt"}
+    from .session import _NAMED  # runtime's provider names -> ONNX Runtime's
+
+    known = {ort_name: f"onnxruntime-{name}" for name, ort_name in _NAMED.items()}
     if provider in known:
         return known[provider]
     return "openvino-cpu" if provider.startswith("OpenVINO") else "tensorrt" if provider.startswith("TensorRT") \

@@ -40,16 +40,20 @@ def _array(pb_utils, request, name: str) -> np.ndarray:
     return np.array(np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name)))
 
 
+def _run_options(parameters: dict) -> dict:
+    """The parameters `runtime.serve` wrote, as runtime's keyword arguments."""
+    return dict(provider=parameters.get("provider") or "auto",
+                threads=int(parameters["threads"]) if parameters.get("threads") else None,
+                allow_unverified=parameters.get("allow_unverified") == "1")
+
+
 def _open(parameters: dict, tower: str):
     """(Artefacts, runner) as the parameters say; a variant the tower lacks falls back to its fp32 file."""
     artefacts = Artefacts(parameters["artefacts"])
     variant = parameters.get("variant") or None
     if variant and not artefacts.has_variant(tower, variant):
         variant = None
-    threads = int(parameters["threads"]) if parameters.get("threads") else None
-    runner = artefacts.open(tower, variant, provider=parameters.get("provider") or "auto", threads=threads,
-                            allow_unverified=parameters.get("allow_unverified") == "1")
-    return artefacts, runner
+    return artefacts, artefacts.open(tower, variant, **_run_options(parameters))
 
 
 class TowerModel:
@@ -124,9 +128,7 @@ class ZeroShotModel:
         self.pb = pb_utils
         _, parameters = _settings(args)
         artefacts, self.images = _open(parameters, "vision")
-        self.text = TextEncoder(artefacts, provider=parameters.get("provider") or "auto",
-                                threads=int(parameters["threads"]) if parameters.get("threads") else None,
-                                allow_unverified=parameters.get("allow_unverified") == "1")
+        self.text = TextEncoder(artefacts, **_run_options(parameters))
         self.logit_scale, self.logit_bias = artefacts.logit_parameters()
         self.cache: dict[str, np.ndarray] = {}
 

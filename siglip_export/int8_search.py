@@ -289,7 +289,7 @@ def search(candidates: list[Candidate], trial: Callable[[list[str]], float], tar
                 low = mid
     result.kept_float = [c.name for c in ranked[:best]]
     result.reached = scores[best]
-    result.float_share = sum(c.cost for c in ranked[:best]) / (sum(c.cost for c in ranked) or 1.0)
+    result.float_share = float(shares[best - 1]) if best else 0.0
     result.seconds = time.perf_counter() - started
     return result
 

@@ -53,7 +53,7 @@ from .publication import check_replaceable, is_within, make_scratch, publish, re
 from .records import file_record, tool_versions
 from .runtime_gates import measure, measure_elsewhere, reference_provider
 from .variants import TowerExport, build_variants
-from .verify import Gate, VerificationError, describe_failures, eager_outputs, verification_inputs
+from .verify import Gate, VerificationError, describe_failures, eager_outputs, tower_inputs
 
 # Files a runtime needs beside the models, copied from a checkpoint when present.
 TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
@@ -150,13 +150,6 @@ def _save_checked(model: onnx.ModelProto, path: Path, metadata_props: dict[str, 
     set_metadata(model, metadata_props)
     signature = io_signature(model)
     return save_model(model, path, threshold), signature
-
-
-def _verification_inputs(name: str, tower, options: ExportOptions, image_settings: ImageSettings) -> list:
-    text = tower.config if name == "text" else None
-    pad = text.pad_token_id if text and text.pad_token_id is not None and text.pad_token_id < text.vocab_size else 1
-    return verification_inputs(tower_spec(tower), options.verify_batch_sizes, options.seed, image_settings,
-                               vocab_size=text.vocab_size if text else None, pad_id=pad)
 
 
 @dataclass
@@ -265,7 +258,8 @@ def _tower_export(name: str, module, scratch: Path, options: ExportOptions, sour
     return TowerExport(name=name, module=module, spec=spec, plain=plain,
                        raw=scratch / f".raw.{spec.file}" if options.simplify else plain, metadata=props,
                        image_settings=image_settings,
-                       inputs=_verification_inputs(name, module, options, image_settings),
+                       inputs=tower_inputs(spec, module.config, options.verify_batch_sizes, options.seed,
+                                           image_settings),
                        reference=lambda x: eager_outputs(module, x))
 
 

@@ -39,7 +39,7 @@ from .optimize import (
 from .records import file_record
 from .runtime_gates import measure, measure_elsewhere, reference_provider
 from .tensorrt_build import build_engine, tensorrt_available
-from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, verification_inputs
+from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, tower_inputs
 
 if TYPE_CHECKING:
     from .options import ExportOptions
@@ -104,6 +104,7 @@ class VariantBuilder:
     def __init__(self, tower: TowerExport, options: ExportOptions):
         self.tower, self.options = tower, options
         self.built: dict[str, Built] = {}
+        self._apart: list[tuple[str, np.ndarray]] | None = None
 
     def build(self, variant: str) -> Built:
         if variant not in self.built:
@@ -126,13 +127,12 @@ class VariantBuilder:
         return [f for f in (f"{path.name}.data",) if (path.parent / f).is_file()]
 
     def _drawn_apart(self) -> list[tuple[str, np.ndarray]]:
-        """Inputs like the verification's (realistic ones and random ones), from another seed."""
-        config = self.tower.module.config
-        text = self.tower.name == "text"
-        pad = config.pad_token_id if text and config.pad_token_id is not None and config.pad_token_id < config.vocab_size \
-            else 1
-        return verification_inputs(self.tower.spec, (SEARCH_ROWS,), self.options.seed + 1, self.tower.image_settings,
-                                   vocab_size=config.vocab_size if text else None, pad_id=pad)
+        """Inputs like the verification's (realistic ones and random ones), from another seed;
+        made once per tower, for every int8 kind's search."""
+        if self._apart is None:
+            self._apart = tower_inputs(self.tower.spec, self.tower.module.config, (SEARCH_ROWS,), self.options.seed + 1,
+                                       self.tower.image_settings)
+        return self._apart
 
     def calibration(self) -> list[np.ndarray]:
         """Calibration inputs, one per call: images (--calibration-images, else the packaged photos),

@@ -107,6 +107,16 @@ def verification_inputs(
     return sets
 
 
+def tower_inputs(spec: TowerSpec, config, batch_sizes: tuple[int, ...], seed: int,
+                 image_settings: ImageSettings | None = None) -> list[tuple[str, np.ndarray]]:
+    """`verification_inputs` for a tower, the text tower's vocabulary and pad id taken from its
+    config (a pad id outside the vocabulary falls back to 1, SigLIP's `</s>`)."""
+    if spec.name != "text":
+        return verification_inputs(spec, batch_sizes, seed, image_settings)
+    pad = config.pad_token_id if config.pad_token_id is not None and config.pad_token_id < config.vocab_size else 1
+    return verification_inputs(spec, batch_sizes, seed, image_settings, vocab_size=config.vocab_size, pad_id=pad)
+
+
 def eager_outputs(tower: torch.nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
     with torch.no_grad():
         last, pooled = tower(torch.from_numpy(x))
