@@ -6,6 +6,8 @@ exported artefact directory.
     siglip-runtime embed artifacts cat.jpg --layer -2 --output patches.npy      # [N, patches, hidden]
     siglip-runtime attention artifacts cat.jpg dog.jpg --output-dir maps/ [--layer L] [--json]
     siglip-runtime serve artifacts [--http-port 8000] [--grpc-port 8001] [--max-batch 64] ...
+    siglip-runtime index photos/ --artefacts artifacts --output photos.index [--ray [ADDRESS]]
+    siglip-runtime search photos.index "a red car" [--top-k 10] [--json]     # or --image query.jpg
 
 Exit status: 0 done; 2 bad input (one line on stderr: a missing or corrupt image, a missing
 artefact directory, a model without a text tower or tokenizer, ...); 1 an internal error.
@@ -89,7 +91,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--no-zero-shot", action="store_true", help="do not serve <prefix>_zero_shot")
     serve.add_argument("--verbose", action="store_true", help="show Triton's own log")
     serve.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser.parse_args(argv)
+    _index_parsers(sub)
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives the optional TEXT of `search INDEX --top-k 3 TEXT` no place after an option
+    if args.command == "search" and args.query is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.query, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _index_parsers(sub) -> None:
+    runs = ArgumentParser(add_help=False)
+    runs.add_argument("--provider", choices=("auto", *PROVIDERS), default="auto", help="as for embed")
+    runs.add_argument("--allow-unverified", action="store_true", help="as for embed")
+    runs.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
+    runs.add_argument("--debug", action="store_true", help="show tracebacks")
+    index = sub.add_parser("index", parents=[runs], help="embed an image collection into a searchable index",
+                           description="Embed every image of SOURCE into an index directory, in shards a re-run "
+                           "resumes; unreadable images are listed in INDEX/failures.json, not fatal. Needs: "
+                           "pip install 'siglip-export[index]'")
+    index.add_argument("source", type=Path, metavar="SOURCE",
+                       help="a directory (recursive), a text file of paths (one per line), or a CSV / Parquet file "
+                       "with a column of paths")
+    index.add_argument("--artefacts", type=Path, required=True, metavar="DIR", help="directory written by export.py")
+    index.add_argument("--output", type=Path, required=True, metavar="INDEX", help="index directory (created or resumed)")
+    index.add_argument("--column", default=None, help="CSV / Parquet column of paths (default: path, or the only one)")
+    index.add_argument("--variant", default=None, help=f"image tower variant ({', '.join(variant_names())})")
+    index.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
+    index.add_argument("--workers", type=positive_int, default=None,
+                       help="threads decoding and resizing images while the model runs (default: the cores, at most 8)")
+    index.add_argument("--shard-size", type=positive_int, default=1024,
+                       help="images per shard, the unit a re-run resumes from (default 1024)")
+    index.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="run on Ray Data: a local Ray cluster, or the one at ADDRESS (e.g. auto, ray://head:10001)")
+    index.add_argument("--ray-actors", type=positive_int, default=None,
+                       help="encoder actors (default: the cluster's CPUs / --ray-cpus-per-actor; GPUs with cuda)")
+    index.add_argument("--ray-cpus-per-actor", type=positive_int, default=1, help="CPUs per encoder actor (default 1)")
+    search = sub.add_parser("search", parents=[runs], help="search an index by text or by image")
+    search.add_argument("index", type=Path, metavar="INDEX", help="directory written by siglip-runtime index")
+    search.add_argument("query", nargs="?", default=None, metavar="TEXT", help="text describing the images wanted")
+    search.add_argument("--image", type=Path, default=None, metavar="FILE", help="find images like this one instead")
+    search.add_argument("--top-k", type=positive_int, default=10, help="results (default 10)")
+    search.add_argument("--artefacts", type=Path, default=None, metavar="DIR",
+                        help="the artefact directory (default: the one recorded in the index; must be the same model)")
+    search.add_argument("--json", action="store_true", help='print [{"rank", "path", "score"[, "probability"]}]')
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -156,8 +202,40 @@ def _attention(args: argparse.Namespace, encoder) -> None:
               file=sys.stderr)
 
 
+def _index(args: argparse.Namespace) -> None:
+    from .index_build import IndexOptions, build_index
+
+    options = IndexOptions(variant=args.variant, provider=args.provider, threads=args.threads,
+                           batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
+                           column=args.column, allow_unverified=args.allow_unverified, ray=args.ray,
+                           ray_actors=args.ray_actors, ray_cpus_per_actor=args.ray_cpus_per_actor)
+    build_index(args.source, args.artefacts, args.output, options,
+                emit=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def _search(args: argparse.Namespace) -> None:
+    from .index_search import ImageIndex
+
+    if (args.query is None) == (args.image is None):
+        raise UserError("search takes a text query or --image FILE (one of them)")
+    index = ImageIndex(args.index, args.artefacts, provider=args.provider, threads=args.threads,
+                       allow_unverified=args.allow_unverified)
+    results = (index.search_text(args.query, args.top_k) if args.image is None
+               else index.search_image(str(args.image), args.top_k))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for row in results:
+        extra = f"  p={row['probability']:.4f}" if "probability" in row else ""
+        print(f"{row['rank']:>3}  {row['score']:.4f}{extra}  {row['path']}")
+
+
 def run(args: argparse.Namespace) -> None:
     from .encoders import DEFAULT_TEMPLATE, ImageEncoder, ZeroShotClassifier
+
+    if args.command in ("index", "search"):
+        (_index if args.command == "index" else _search)(args)
+        return
 
     options = dict(provider=args.provider, threads=args.threads, batch_size=args.batch_size,
                    tensorrt=TensorRTOptions(fp16=args.trt_fp16), allow_unverified=args.allow_unverified)

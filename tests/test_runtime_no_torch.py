@@ -34,7 +34,8 @@ def test_runtime_sources_never_import_torch_or_transformers():
 
 def test_runtime_runs_with_torch_unavailable(text_artefacts, tmp_path):
     """Every runtime module imports, and the whole deploy path runs, with torch unimportable:
-    sessions, the encoders, zero-shot classification and the `python -m runtime` CLI."""
+    sessions, the encoders, zero-shot classification and the `python -m runtime` CLI (index and
+    search too, where the [index] extra is installed)."""
     artefacts = text_artefacts[0]
     photos = sorted(str(p) for p in (ROOT / "siglip_export" / "photos").glob("*.jpg"))[:3]
     script = BLOCK_TORCH + f"""
@@ -58,6 +59,15 @@ assert ZeroShotClassifier({str(artefacts)!r}, provider="cpu").probabilities(phot
 assert OnnxModel({str(artefacts / "text_model.onnx")!r}).run(np.ones((2, 16), np.int64))["pooler_output"].shape == (2, 32)
 assert main(["embed", {str(artefacts)!r}, *photos, "--output", {str(tmp_path / "v.npy")!r}, "--provider", "cpu"]) == 0
 assert main(["classify", {str(artefacts)!r}, photos[0], "--labels", "cat", "--provider", "cpu", "--json"]) == 0
+try:
+    import faiss  # the [index] extra
+except ImportError:
+    pass
+else:
+    index = {str(tmp_path / "index")!r}
+    assert main(["index", {str(ROOT / "siglip_export" / "photos")!r}, "--artefacts", {str(artefacts)!r},
+                 "--output", index, "--provider", "cpu"]) == 0
+    assert main(["search", index, "a cat", "--provider", "cpu", "--json"]) == 0
 assert not ATTEMPTS, f"runtime tried to import {{ATTEMPTS}}"
 print("ok")
 """
