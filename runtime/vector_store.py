@@ -1,11 +1,11 @@
 """The vector store of an index: FAISS, embedded (files on disk, no server).
 
 Chosen by measurement (benchmarks/vector_store.py; the README has the table and the command).
-Over 100k x 768 vectors on the 2-core development machine: LanceDB's exact scan took ~0.4 s a
-query and its IVF_HNSW_SQ index ~100 s to build for recall@10 0.90; FAISS's exact scan took
-~40 ms and its HNSW ~1 ms at recall@10 0.98 (efSearch 256), built in ~20 s; usearch's HNSW was
-as fast, slower to build, and importing it before onnxruntime crashes the process (usearch
-2.26), a trap for every program that embeds this runtime.
+Over 100k x 768 vectors on the 2-core development machine: LanceDB's exact scan took ~0.6 s a
+query and its IVF_HNSW_SQ index ~100 s to build for recall@10 0.89; FAISS's exact scan took
+~40 ms and its HNSW under 1 ms at recall@10 0.98 (efSearch 256), built in ~25 s; usearch's HNSW
+was as fast, 2x slower to build, and importing it before onnxruntime crashes the process
+(usearch 2.26), a trap for every program that embeds this runtime.
 
 Layout of INDEX/store/: `vectors.faiss` (row i is the i-th path), `paths.json`. Vectors are
 L2-normalised, so the inner product is the cosine. Up to EXACT_ROWS images the index is exact

@@ -85,3 +85,12 @@ def test_console_scripts_embed_and_classify(runtime_venv, text_artefacts, tmp_pa
     reference = ZeroShotClassifier(artefacts, provider="cpu").classify([PHOTOS[0]], ["cat", "dog"])[0]
     assert scores.keys() == reference.keys()
     assert all(abs(scores[k] - reference[k]) < 1e-6 for k in scores)
+
+
+def test_index_without_its_extra_says_which_to_install(runtime_venv, text_artefacts, tmp_path):
+    """The plain install has no vector store or Ray: `index` names the extra, in one line, before any work."""
+    index = in_venv(runtime_venv, "siglip-runtime", "index", PHOTOS[0].parent, "--artefacts", text_artefacts[0],
+                    "--output", tmp_path / "index", cwd=tmp_path)
+    lines = index.stderr.strip().splitlines()
+    assert index.returncode == 2 and len(lines) == 1 and "siglip-export[index]" in lines[0], index.stderr
+    assert not (tmp_path / "index").exists()
