@@ -94,6 +94,11 @@ def _environment_reason(backend: Backend, gpu: str | None, ort: tuple[list[str],
     name = _PROVIDER_NAMES.get(backend.provider or "")
     if backend.runner is OrtRunner and name and name not in providers:
         return f"this onnxruntime build has no {name} (has: {', '.join(providers)})"
+    if backend.runner is OrtRunner and backend.provider == "tensorrt":
+        from runtime.session import TENSORRT_LIBRARIES, tensorrt_libraries_present
+
+        if not tensorrt_libraries_present():
+            return f"TensorRT's libraries ({TENSORRT_LIBRARIES[0]}) are not installed; onnxruntime lists {name} anyway"
     return None
 
 

@@ -97,6 +97,33 @@ def nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
 
 
+TENSORRT_LIBRARIES = ("libnvinfer.so.10", "nvinfer_10.dll")  # what ORT's TensorRT provider loads
+
+
+def tensorrt_libraries_present() -> bool:
+    """Whether TensorRT's runtime library loads: from the library path, or from the `tensorrt_libs`
+    wheel (loading it by path makes ORT's later load by name find it). onnxruntime-gpu lists
+    its TensorRT provider whether or not TensorRT is installed, and asking for the provider
+    without it prints a page of "EP Error" before ORT falls back."""
+    import ctypes
+
+    candidates = list(TENSORRT_LIBRARIES)
+    try:
+        import tensorrt_libs  # the tensorrt wheel's libraries
+
+        folder = Path(tensorrt_libs.__file__).parent
+        candidates += [str(p) for p in sorted(folder.glob("libnvinfer.so.*")) + sorted(folder.glob("nvinfer_*.dll"))]
+    except ImportError:
+        pass
+    for name in candidates:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def gpu_name(device_id: int = 0) -> str:
     """The GPU's marketing name from nvidia-smi, or 'unknown-gpu'."""
     try:
@@ -249,6 +276,8 @@ class OnnxModel:
             # follows the CPU provider would never get a node, so the list stops there.
             order = list(auto_providers[:auto_providers.index("cpu")] if "cpu" in auto_providers else auto_providers)
             gpu = [_NAMED[p] for p in order if _NAMED[p] in available] if nvidia_driver_present() else []
+            if TENSORRT in gpu and not tensorrt_libraries_present():
+                gpu.remove(TENSORRT)
             return gpu + [CPU]
         if _NAMED[provider] not in available:
             raise ProviderError(
@@ -258,6 +287,10 @@ class OnnxModel:
         if not nvidia_driver_present():  # fail here, before ORT logs its own library errors
             raise ProviderError(f"provider {provider!r} needs an NVIDIA GPU, and this machine has no NVIDIA driver; "
                                 f"use --provider cpu or auto")
+        if provider == "tensorrt" and not tensorrt_libraries_present():
+            raise ProviderError(f"provider 'tensorrt' needs TensorRT's libraries ({TENSORRT_LIBRARIES[0]}), which are not "
+                                f"installed (pip install tensorrt, or put them on the library path); use --provider "
+                                f"cuda or auto")
         return [TENSORRT, CUDA, CPU] if provider == "tensorrt" else [CUDA, CPU]
 
     def _provider_entry(self, name: str):

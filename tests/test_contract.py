@@ -16,7 +16,7 @@ import pytest
 from conftest import hf_model, tiny_config
 
 import runtime.contract as contract
-from runtime import ArtefactError, ImageEncoder, InputError, UserError
+from runtime import ArtefactError, ImageEncoder, InputError, ProviderError, UserError
 from runtime.__main__ import main as runtime_main
 from runtime.artefacts import Artefacts
 from runtime.contract import KINDS, ONNX, ArtefactKind, Runner, open_runner, register, unregister
@@ -93,10 +93,19 @@ def test_auto_tries_the_kinds_providers_in_order_up_to_the_cpu(monkeypatch):
             return [session.TENSORRT, session.CUDA, session.CPU]
 
     monkeypatch.setattr(session, "nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(session, "tensorrt_libraries_present", lambda: True)
     candidates = session.OnnxModel._candidates
     assert candidates(None, FakeOrt, "auto", KINDS[None].providers) == [session.TENSORRT, session.CUDA, session.CPU]
     assert candidates(None, FakeOrt, "auto", KINDS["int8"].providers) == [session.CPU]
     assert candidates(None, FakeOrt, "auto", KINDS["int8-qdq"].providers) == [session.CUDA, session.CPU]
+    assert candidates(None, FakeOrt, "tensorrt", KINDS[None].providers) == [session.TENSORRT, session.CUDA, session.CPU]
+    # onnxruntime-gpu lists its TensorRT provider without TensorRT installed: auto skips it, and
+    # asking for it by name fails in one line (before ORT's page of "EP Error")
+    monkeypatch.setattr(session, "tensorrt_libraries_present", lambda: False)
+    assert candidates(None, FakeOrt, "auto", KINDS[None].providers) == [session.CUDA, session.CPU]
+    with pytest.raises(ProviderError, match=r"needs TensorRT's libraries \(libnvinfer.so.10\)"):
+        candidates(None, FakeOrt, "tensorrt", KINDS[None].providers)
+    assert candidates(None, FakeOrt, "cuda", KINDS[None].providers) == [session.CUDA, session.CPU]
     monkeypatch.setattr(session, "nvidia_driver_present", lambda: False)
     assert candidates(None, FakeOrt, "auto", KINDS[None].providers) == [session.CPU]
 

@@ -19,7 +19,7 @@ from runtime import ArtefactError, ImageEncoder, InputError, OnnxModel, Provider
 from runtime.__main__ import main as runtime_main
 from runtime.artefacts import Artefacts
 from runtime.preprocess import ImageSettings, preprocess
-from runtime.session import TensorRTOptions, nvidia_driver_present
+from runtime.session import TensorRTOptions, nvidia_driver_present, tensorrt_libraries_present
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "siglip_export" / "photos").glob("*.jpg"))
@@ -248,7 +248,8 @@ def test_cuda_provider_with_io_binding_matches_cpu(tiny_artefacts):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not nvidia_driver_present() or not onnxruntime_has("TensorrtExecutionProvider"),
+@pytest.mark.skipif(not nvidia_driver_present() or not onnxruntime_has("TensorrtExecutionProvider")
+                    or not tensorrt_libraries_present(),
                     reason="needs an NVIDIA GPU and onnxruntime-gpu with TensorRT libraries")
 def test_tensorrt_provider_profile_and_cache(tiny_artefacts, tmp_path):
     artefacts, _ = tiny_artefacts
