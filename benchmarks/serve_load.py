@@ -120,6 +120,13 @@ def measure(clients: int, requests: int, batch: int, make_state, call, limit_s: 
 
     def worker():
         state = make_state()
+        try:
+            work(state)
+        finally:  # a client left open holds the server's shutdown for its whole exit timeout
+            if hasattr(state, "close"):
+                state.close()
+
+    def work(state):
         while time.monotonic() < stop:
             with lock:
                 index = next(counter, None)
@@ -208,6 +215,7 @@ def run(args: argparse.Namespace) -> dict:
         client = make_client()
         stats = (client.get_inference_statistics(name) if args.protocol == "http"
                  else client.get_inference_statistics(name, as_json=True))
+        client.close()
     batches = _batch_sizes(stats)
     return {
         "artefacts": str(args.artefacts), "model": name, "protocol": args.protocol, "clients": args.clients,

@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--instances", type=positive_int, default=1, help="model copies (processes) per model (default 1)")
     serve.add_argument("--threads", type=positive_int, default=None,
                        help="ONNX Runtime threads per instance (default: the cores divided among the instances)")
+    serve.add_argument("--exit-timeout-s", type=non_negative_int, default=30,
+                       help="on SIGTERM / Ctrl-C, how long to wait for in-flight requests (default 30); open "
+                       "keep-alive HTTP connections, even idle ones, hold the exit this long")
     serve.add_argument("--no-zero-shot", action="store_true", help="do not serve <prefix>_zero_shot")
     serve.add_argument("--verbose", action="store_true", help="show Triton's own log")
     serve.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -144,7 +147,8 @@ def _serve(args: argparse.Namespace) -> None:
     options = ServeOptions(variant=args.variant, provider=args.provider, host=args.host, http_port=args.http_port,
                            grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
                            queue_delay_us=args.queue_delay_us, instances=args.instances, threads=args.threads,
-                           allow_unverified=args.allow_unverified, zero_shot=not args.no_zero_shot)
+                           allow_unverified=args.allow_unverified, zero_shot=not args.no_zero_shot,
+                           exit_timeout_s=args.exit_timeout_s)
     status = serve_forever(Server(args.artefacts, options, verbose=args.verbose))
     if status:
         raise ServerError("tritonserver stopped unexpectedly (see above)")

@@ -57,14 +57,21 @@ def server(text_artefacts):
                            threads=1)
     with Server(directory, options, log=lambda message: None) as running:
         yield running
+        # An open keep-alive connection holds Triton's exit for the whole exit timeout (30 s).
+        while CLIENTS:
+            CLIENTS.pop().close()
 
 
 def pixels(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, 3, 32, 32)).astype(np.float32)
 
 
+CLIENTS: list = []  # closed when the module's server stops
+
+
 def http_client(server):
-    return http.InferenceServerClient(server.urls["http"].removeprefix("http://"))
+    CLIENTS.append(http.InferenceServerClient(server.urls["http"].removeprefix("http://")))
+    return CLIENTS[-1]
 
 
 def utf8(prompts: list[str]) -> np.ndarray:
@@ -103,6 +110,7 @@ def test_http_and_grpc_embeddings_equal_runtime(server, text_artefacts):
     np.testing.assert_allclose(result.as_numpy("pooler_output"), expected, atol=1e-5, rtol=0)
 
     client = grpc.InferenceServerClient(server.urls["grpc"])
+    CLIENTS.append(client)
     tensor = grpc.InferInput("pixel_values", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     result = client.infer("siglip_vision", [tensor])  # no outputs named: all of them
@@ -208,11 +216,15 @@ def test_cli_serves_and_sigterm_finishes_in_flight_requests(text_artefacts, tmp_
             assert process.poll() is None, log.read_text()
             time.sleep(0.2)
         assert client.is_server_ready()
+        client.close()  # an idle keep-alive connection would hold the exit for the exit timeout
         result = {}
 
         def request():
-            result["out"] = http.InferenceServerClient(f"127.0.0.1:{h}").infer(
-                "siglip_vision", [http_input("pixel_values", pixels(1))])
+            requester = http.InferenceServerClient(f"127.0.0.1:{h}")
+            try:
+                result["out"] = requester.infer("siglip_vision", [http_input("pixel_values", pixels(1))])
+            finally:
+                requester.close()
 
         thread = threading.Thread(target=request)
         thread.start()
@@ -246,6 +258,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(text_artefacts):
             "must differ": ["--http-port", str(h), "--grpc-port", str(h)],
             "--variant 'int9'": ["--variant", "int9"],
             "expected a positive integer": ["--max-batch", "0"],
+            "--exit-timeout-s: expected a non-negative integer": ["--exit-timeout-s", "soon"],
             "is not an address of this machine": ["--host", "192.0.2.1"],
         }
         for expected, flags in cases.items():
