@@ -16,14 +16,14 @@ artefact directory, a model without a text tower or tokenizer, ...); 1 an intern
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .cli_support import ArgumentParser, attach_negative_values, non_negative_int, positive_int, run_command
+from .cli_support import ArgumentParser, attach_negative_values, non_negative_int, positive_int, run_command, write_atomic
 from .contract import PROVIDERS, variant_names
 from .errors import UserError
 from .serve import PYTRITON_INSTALL
@@ -160,14 +160,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         raise UserError(f"--output must end in .npy, got {path}")
     if path.is_dir():
         raise UserError(f"--output {path} is a directory")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    blob = io.BytesIO()
+    np.save(blob, array)
+    write_atomic(path, blob.getvalue())
 
 
 def _attention(args: argparse.Namespace, encoder) -> None:
@@ -189,13 +184,9 @@ def _attention(args: argparse.Namespace, encoder) -> None:
             name, n = f"{stem}-{n}.png", n + 1
         names.add(name)
         target = args.output_dir / name
-        tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-        try:
-            overlay(image, grid).save(tmp, format="PNG")
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+        blob = io.BytesIO()
+        overlay(image, grid).save(blob, format="PNG")
+        write_atomic(target, blob.getvalue())
         written.append(target)
     what = "pooling head" if args.layer is None else f"layer {args.layer}"
     if args.json:

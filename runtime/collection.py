@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .cli_support import write_atomic
 from .errors import InputError, UserError
 from .preprocess import ImageSettings, preprocess
 from .session import sha256_file
@@ -44,20 +45,6 @@ INDEX_VERSION = 1
 INDEX_FILE = "index.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 INDEX_EXTRA = "pip install 'siglip-export[index]'"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside `path`, flush it to disk, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def write_json(path: Path, value) -> None:

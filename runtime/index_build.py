@@ -158,7 +158,7 @@ def build_index(source, artefacts_dir, output, options: IndexOptions | None = No
             if options.ray is not None:
                 from .ray_index import embed_on_ray
 
-                provider = embed_on_ray(artefacts, pending, options, on_shard, emit, progress)
+                provider = embed_on_ray(artefacts, pending, options, model["dim"], on_shard, emit, progress)
             else:
                 provider = _local(artefacts, pending, options, on_shard, emit, progress)
         finally:

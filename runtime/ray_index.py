@@ -42,7 +42,7 @@ class EncoderActor:
     """A Ray Data actor: rows {shard, pos, path} -> the same rows with `vector` and `reason`
     ("" for an embedded image; the vector of an unreadable one is zeros)."""
 
-    def __init__(self, holder: str, variant, provider, threads, batch_size, workers, allow_unverified):
+    def __init__(self, holder: str, dim: int, variant, provider, threads, batch_size, workers, allow_unverified):
         import ray
 
         from .encoders import ImageEncoder
@@ -56,8 +56,7 @@ class EncoderActor:
                                    batch_size=batch_size, allow_unverified=allow_unverified)
         finally:  # the session holds the model now; leave no copy behind on the worker
             shutil.rmtree(directory, ignore_errors=True)
-        self.dim = int(encoder.model.run(np.zeros((1, *encoder.model.input_shape[1:]), np.float32))
-                       ["pooler_output"].shape[-1])
+        self.dim = dim
         self.embedder = BatchEmbedder(encoder, workers)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -102,7 +101,7 @@ def _connect(address: str):
     return ray
 
 
-def embed_on_ray(artefacts: Artefacts, pending: list[tuple[int, list[str]]], options, on_shard: Callable,
+def embed_on_ray(artefacts: Artefacts, pending: list[tuple[int, list[str]]], options, dim: int, on_shard: Callable,
                  emit, progress) -> str:
     """Embed the pending shards with Ray Data; `on_shard(number, Embedded)` as each completes."""
     ray = _connect(options.ray)
@@ -130,7 +129,7 @@ def embed_on_ray(artefacts: Artefacts, pending: list[tuple[int, list[str]]], opt
         EncoderActor, batch_size=options.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs=dict(
-            holder=holder_name, variant=options.variant, provider=options.provider,
+            holder=holder_name, dim=dim, variant=options.variant, provider=options.provider,
             threads=options.threads or cpus, batch_size=options.batch_size, workers=workers,
             allow_unverified=options.allow_unverified))
     try:
