@@ -4,6 +4,9 @@ A runner loads one model once and hands out, per batch size, a function
 `run(pixel_values float32 (B, C, H, W)) -> pooler_output float32 (B, D)` that does the whole
 host-to-host call a user makes (GPU runners copy the input to the device and the output back,
 as `runtime.session.OnnxModel` does with IO binding), so every backend is timed the same way.
+Two GPU modes: host-to-host (above; what a client pays) and device-resident (`-resident`
+backends: `Runner.stage` puts the inputs on the GPU before the timing, and a call runs the model
+and copies back `pooler_output` alone, B x D floats).
 
 Imports of torch, onnxruntime, openvino and tensorrt happen inside the loaders: an ONNX Runtime
 worker never imports torch, so its peak RSS is what a torch-free deploy host pays.
@@ -59,6 +62,10 @@ class Runner:
     def for_batch(self, batch: int) -> Callable[[np.ndarray], np.ndarray]:
         raise NotImplementedError
 
+    def stage(self, inputs: list[np.ndarray]) -> list:
+        """What `run` is given: the host arrays (host-to-host), or copies already on the device."""
+        return inputs
+
     def peak_device_mb(self) -> float | None:
         return None
 
@@ -92,9 +99,11 @@ class TorchRunner(Runner):
     def __init__(self, job: dict, backend: str):
         import torch
 
+        spec = BACKENDS[backend]
         self.torch = torch
-        self.device = BACKENDS[backend].device
-        self.precision = BACKENDS[backend].precision
+        self.device = spec.device
+        self.precision = spec.precision
+        self.resident = spec.resident
         self.notes = []
         if self.device == "cuda":
             if not torch.cuda.is_available():
@@ -111,14 +120,34 @@ class TorchRunner(Runner):
         if not job.get("weights"):
             self.notes.append("random weights (not the artefacts'): latency only")
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.cast_weights = spec.cast_weights  # .half(): weights and math in fp16, no autocast
+        if self.cast_weights:
+            self.model = self.model.to(self.dtype)
+        self.forward = self.model
+        if spec.compiled:  # compiled per input shape on the first (warm-up) call of each batch size
+            self.forward = torch.compile(self.model, dynamic=False)
+            self.provider += ", torch.compile"
+
+    def stage(self, inputs):
+        if not self.resident:
+            return inputs
+        staged = [self._to_device(x) for x in inputs]
+        self.torch.cuda.synchronize()
+        return staged
+
+    def _to_device(self, x):
+        tensor = self.torch.from_numpy(x).to(self.device)
+        return tensor.to(self.dtype) if self.cast_weights else tensor
 
     def for_batch(self, batch: int):
-        torch, model, device, dtype = self.torch, self.model, self.device, self.dtype
+        torch, forward, device, dtype = self.torch, self.forward, self.device, self.dtype
+        autocast = dtype is not None and not self.cast_weights
+        resident = self.resident
 
-        def run(x: np.ndarray) -> np.ndarray:
-            cast = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        def run(x) -> np.ndarray:
+            cast = torch.autocast(device, dtype=dtype) if autocast else contextlib.nullcontext()
             with torch.no_grad(), cast:
-                pooled = model(torch.from_numpy(x).to(device))[1]
+                pooled = forward(x if resident else self._to_device(x))[1]
             return pooled.float().cpu().numpy()  # .cpu() waits for the GPU
 
         return run
@@ -135,27 +164,45 @@ class OrtRunner(Runner):
     def __init__(self, job: dict, backend: str):
         from runtime.session import OnnxModel, TensorRTOptions
 
+        spec = BACKENDS[backend]
         self.notes = []
-        provider = BACKENDS[backend].provider
-        self.device = BACKENDS[backend].device
-        self.precision = BACKENDS[backend].precision or job.get("precision") or "fp32"
+        provider = spec.provider
+        self.device = spec.device
+        self.resident = spec.resident
+        self.precision = spec.precision or job.get("precision") or "fp32"
         options = None
         if provider == "tensorrt":
             top = max(job["batch_sizes"])
             options = TensorRTOptions(fp16=self.precision == "fp16", min_batch=1, opt_batch=min(8, top), max_batch=top)
-        self.model = OnnxModel(job["path"], provider=provider, threads=job["threads"], tensorrt=options)
-        self.provider = self.model.provider
+        self.model = OnnxModel(job["path"], provider=provider, threads=job["threads"], tensorrt=options,
+                               cuda_graph=spec.cuda_graph)
+        self.provider = self.model.provider + (" (CUDA graphs)" if spec.cuda_graph else "")
         self.input_dtype = self.model.input_dtype
         if "pooler_output" not in self.model.output_names:
             raise RuntimeError(f"{Path(job['path']).name} has no pooler_output (outputs: {self.model.output_names})")
 
+    def stage(self, inputs):
+        if not self.resident:
+            return inputs
+        ort, model = self.model._ort, self.model
+        return [ort.OrtValue.ortvalue_from_numpy(x, "cuda", model.device_id) for x in inputs]
+
     def for_batch(self, batch: int):
         model = self.model
+        if not self.resident:
+            def run(x: np.ndarray) -> np.ndarray:
+                return model.run(x, outputs=("pooler_output",))["pooler_output"]
 
-        def run(x: np.ndarray) -> np.ndarray:
-            return model.run(x)["pooler_output"]
+            return run
+        binding = model.session.io_binding()  # the input already on the device, pooler_output alone back
 
-        return run
+        def run_resident(x) -> np.ndarray:
+            binding.bind_ortvalue_input(model.input_name, x)
+            binding.bind_output("pooler_output", "cuda", model.device_id)
+            model.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+
+        return run_resident
 
     def peak_device_mb(self):
         import os
@@ -267,6 +314,10 @@ class Backend:
     precision: str | None = None
     needs: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    resident: bool = False  # device-resident timing: inputs staged on the GPU first (module docstring)
+    cast_weights: bool = False  # torch: model.half() instead of autocast
+    compiled: bool = False  # torch: torch.compile
+    cuda_graph: bool = False  # ONNX Runtime: CUDA graphs (runtime.session.OnnxModel(cuda_graph=True))
 
     def runs(self, record: ArtefactRecord) -> bool:
         return record.format in self.formats and (record.format not in self.plain_only or record.variant is None)
@@ -291,8 +342,21 @@ _TABLE = (
             precision="fp16", needs=("torch",), groups=("torch",)),
     Backend("torch-cuda-bf16", "cuda", TorchRunner, "reference model on CUDA under autocast bfloat16, host-to-host",
             precision="bf16", needs=("torch",), groups=("torch",)),
-    Backend("ort-cuda", "cuda", OrtRunner, "runtime.session.OnnxModel, CUDA provider with IO binding",
-            formats=(ONNX,), provider="cuda"),
+    Backend("torch-cuda-half", "cuda", TorchRunner, "reference model .half() on CUDA (fp16 weights, eager), host-to-host",
+            precision="fp16", cast_weights=True, needs=("torch",), groups=("torch",)),
+    Backend("torch-cuda-half-resident", "cuda", TorchRunner, "reference model .half() on CUDA, eager, device-resident",
+            precision="fp16", cast_weights=True, resident=True, needs=("torch",), groups=("torch",)),
+    Backend("torch-compile-half", "cuda", TorchRunner, "torch.compile of the .half() reference model, host-to-host",
+            precision="fp16", cast_weights=True, compiled=True, needs=("torch",), groups=("torch",)),
+    Backend("torch-compile-half-resident", "cuda", TorchRunner,
+            "torch.compile of the .half() reference model, device-resident",
+            precision="fp16", cast_weights=True, compiled=True, resident=True, needs=("torch",), groups=("torch",)),
+    Backend("ort-cuda", "cuda", OrtRunner, "runtime.session.OnnxModel, CUDA provider, bound buffers, pooler_output "
+            "alone copied back; host-to-host", formats=(ONNX,), provider="cuda"),
+    Backend("ort-cuda-graph", "cuda", OrtRunner, "as ort-cuda with CUDA graphs (one per batch size), host-to-host",
+            formats=(ONNX,), provider="cuda", cuda_graph=True),
+    Backend("ort-cuda-resident", "cuda", OrtRunner, "ONNX Runtime CUDA provider, input already on the GPU "
+            "(IO binding), device-resident", formats=(ONNX,), provider="cuda", resident=True),
     Backend("ort-tensorrt", "cuda", OrtRunner,
             "runtime.session.OnnxModel, TensorRT provider (TensorRT's default TF32 for fp32)",
             formats=(ONNX,), plain_only=(ONNX,), provider="tensorrt", precision="fp32"),

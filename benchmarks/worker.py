@@ -24,16 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from runtime.parity import min_row_cosine
+from runtime.preprocess import normalise
 
 from .backends import SkipBatch, load_runner
 from .floor import measure_rates
 
 
-def make_inputs(input_shape: list[int], batch: int, count: int, seed: int) -> list[np.ndarray]:
-    """`count` distinct pixel_values batches in [-1, 1] (the preprocessed range), the same in every
-    worker: input 0 of each batch size is the one accuracy is measured on."""
+def make_inputs(input_shape: list[int], batch: int, count: int, seed: int, dtype=np.float32) -> list[np.ndarray]:
+    """`count` distinct batches of random 8-bit images, the same in every worker: as float32
+    `pixel_values` (normalised as SigLIP's preprocessing does, into [-1, 1]), or for an artefact
+    that takes uint8 images, the bytes themselves. Input 0 of each batch size is the one accuracy
+    is measured on."""
     rng = np.random.default_rng([seed, batch])
-    return [rng.uniform(-1.0, 1.0, size=(batch, *input_shape)).astype(np.float32) for _ in range(count)]
+    images = [rng.integers(0, 256, size=(batch, *input_shape), dtype=np.uint8) for _ in range(count)]
+    return images if np.dtype(dtype) == np.uint8 else [normalise(x) for x in images]
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -175,8 +179,8 @@ def backend(job: dict) -> dict:
         row: dict = {"batch_size": batch}
         try:
             run = runner.for_batch(batch)
-            inputs = [x.astype(runner.input_dtype, copy=False)
-                      for x in make_inputs(job["input_shape"], batch, job["inputs"], job["seed"])]
+            inputs = runner.stage([x.astype(runner.input_dtype, copy=False) for x in
+                                   make_inputs(job["input_shape"], batch, job["inputs"], job["seed"], runner.input_dtype)])
             stats, first = measure(run, inputs, job["warmup"], job["iterations"], job["budget_s"])
         except SkipBatch as exc:
             row["skipped"] = str(exc)

@@ -135,10 +135,10 @@ def paths_digest(paths: Sequence[str]) -> str:
 
 # --- one batch of images: decoded in a thread pool, embedded, failures recorded ------------------
 
-def _pixels(path: str, settings: ImageSettings):
-    """(float32 [3, H, W], None) or (None, why the image cannot be used)."""
+def _pixels(path: str, settings: ImageSettings, dtype=np.float32):
+    """([3, H, W] of the model's input dtype, None) or (None, why the image cannot be used)."""
     try:
-        return preprocess([path], settings)[0], None
+        return preprocess([path], settings, dtype=dtype)[0], None
     except (InputError, OSError, ValueError, MemoryError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, text.replace(f"cannot read image {path}: ", "")
@@ -182,7 +182,7 @@ class BatchEmbedder:
         pending: list = []
         ahead = 2 * self.encoder.batch_size + self.workers
         for path in paths:
-            pending.append((path, self.pool.submit(_pixels, path, self.encoder.settings)))
+            pending.append((path, self.pool.submit(_pixels, path, self.encoder.settings, self.encoder.model.input_dtype)))
             if len(pending) >= ahead:
                 p, future = pending.pop(0)
                 yield (p, *future.result())

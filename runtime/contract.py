@@ -12,6 +12,8 @@ This module is the one place where artefact facts live. A reader finds every kin
 | `ov-bf16`  | `<tower>_model.ov-bf16.xml`  | openvino | bf16      | openvino     | cpu, openvino                 | 0.999   |
 | `ov-int8`  | `vision_model.ov-int8.xml`   | openvino | int8      | openvino     | cpu, openvino                 | 0.99    |
 | `trt-fp16` | `vision_model.fp16.engine`   | engine   | fp16      | tensorrt     | tensorrt                      | 0.999   |
+| `cuda-fp16` | `vision_model.cuda-fp16.onnx` | onnx   | fp16      | onnxruntime  | cuda, cpu                     | 0.999   |
+| `cuda-fp16-u8` | `vision_model.cuda-fp16-u8.onnx` | onnx | fp16  | onnxruntime  | cuda, cpu                     | 0.999   |
 | `features` | `vision_model.features.onnx` | onnx     | fp32      | onnxruntime  | tensorrt, cuda, cpu, openvino | fp32    |
 
 (the table is `KINDS`; `tests/test_contract.py` checks this docstring against it.)
@@ -49,6 +51,7 @@ FORMATS = (ONNX, OPENVINO, ENGINE)
 # Runtime's provider names (plus "auto"): ONNX Runtime's CPU, CUDA and TensorRT providers, and
 # "openvino", OpenVINO's CPU plugin, which runs ONNX files too.
 PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino")
+IMAGE_INPUTS = ("float32", "uint8")  # ArtefactKind.image_input
 
 
 # --- runners ----------------------------------------------------------------------------------
@@ -68,7 +71,7 @@ class Runner(Protocol):
     @property
     def max_batch(self) -> int | None: ...  # None: unbounded
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+    def run(self, x: np.ndarray, outputs=None) -> dict[str, np.ndarray]: ...  # outputs: names to fetch (None: all)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,9 @@ class ArtefactKind:
     shared_files: files its builds share, published beside the manifest (a TensorRT timing cache).
     float_precision: what a runner that is told (OpenVINO's inference precision hint) computes the
         float parts in: "bf16" where the CPU has it (else the runner falls back to f32), or "f32".
+    image_input: what the image tower's `pixel_values` holds: "float32", normalised as
+        `runtime.preprocess` does it, or "uint8", the resized RGB image (N, 3, H, W) that the graph
+        normalises itself (4x fewer bytes to copy to a GPU or send to a server).
     """
 
     variant: str | None
@@ -136,6 +142,7 @@ class ArtefactKind:
     aliases: tuple[str, ...] = ()
     shared_files: tuple[str, ...] = ()
     float_precision: str = "f32"
+    image_input: str = "float32"
     description: str = ""
 
     def __post_init__(self):
@@ -147,6 +154,9 @@ class ArtefactKind:
             raise ValueError(f"artefact kind {self.variant!r}: providers must be some of {PROVIDERS}")
         if any(t not in TOWERS for t in self.towers):
             raise ValueError(f"artefact kind {self.variant!r}: towers must be some of {TOWERS}")
+        if self.image_input not in IMAGE_INPUTS or (self.image_input != "float32" and self.towers != ("vision",)):
+            raise ValueError(f"artefact kind {self.variant!r}: image_input must be one of {IMAGE_INPUTS} "
+                             f"(other than float32 for the image tower only)")
 
     @property
     def name(self) -> str:
@@ -227,6 +237,15 @@ register(ArtefactKind("trt-fp16", ".fp16.engine", ENGINE, "fp16", "tensorrt", ("
                       towers=("vision",), builds_from="fp16", aliases=("fp16",),
                       shared_files=("tensorrt.timing_cache",),
                       description="TensorRT engine of the fp16 graph, bound to the GPU and TensorRT that built it"))
+# For ONNX Runtime's CUDA provider: its GPU fusions, then fp16 (its own conversion, IO kept float32).
+# The CPU runs it too (where the export gates it, and as auto's fall back); TensorRT's provider
+# does not take the com.microsoft ops, so it is not listed.
+register(ArtefactKind("cuda-fp16", ".cuda-fp16.onnx", ONNX, "fp16", "onnxruntime", ("cuda", "cpu"), gate=0.999,
+                      towers=("vision",),
+                      description="fp16 fused for the CUDA provider (Attention, SkipLayerNormalization, FastGelu)"))
+register(ArtefactKind("cuda-fp16-u8", ".cuda-fp16-u8.onnx", ONNX, "fp16", "onnxruntime", ("cuda", "cpu"), gate=0.999,
+                      towers=("vision",), builds_from="cuda-fp16", image_input="uint8",
+                      description="cuda-fp16 taking the resized uint8 image; normalises in the graph"))
 # Not a faster variant: the image tower with extra outputs (runtime.features), asked for with
 # --hidden-states / --attention rather than --variants; its gate is the fp32 one, on every output.
 register(ArtefactKind("features", ".features.onnx", ONNX, "fp32", "onnxruntime", (*_ONNX_ANYWHERE, "openvino"),
@@ -259,6 +278,6 @@ def open_runner(kind: ArtefactKind, path: str | os.PathLike, *, provider: str = 
     return RUNNERS[runner].load(path, kind, provider, threads, tensorrt, auto_providers or kind.providers)
 
 
-__all__ = ["ArtefactKind", "ENGINE", "FORMATS", "KINDS", "ONNX", "OPENVINO", "OUTPUTS", "PROVIDERS", "RUNNERS",
+__all__ = ["ArtefactKind", "ENGINE", "FORMATS", "IMAGE_INPUTS", "KINDS", "ONNX", "OPENVINO", "OUTPUTS", "PROVIDERS", "RUNNERS",
            "Runner", "RunnerType", "TOWERS", "TOWER_LABELS", "TOWER_STEMS", "kind_of", "open_runner", "register", "runtime_of",
            "unregister", "variant_names"]

@@ -60,7 +60,7 @@ class _Encoder:
             yield items[start : start + self.batch_size]
 
     def _pooled(self, x: np.ndarray) -> np.ndarray:
-        return self.model.run(x)["pooler_output"]
+        return self.model.run(x, outputs=("pooler_output",))["pooler_output"]
 
 
 class ImageEncoder(_Encoder):
@@ -80,11 +80,16 @@ class ImageEncoder(_Encoder):
 
     def embed(self, images: Sequence, normalize: bool = False) -> np.ndarray:
         chunks = self._chunks(image_batch(images))
-        out = np.concatenate([self._pooled(preprocess(chunk, self.settings)) for chunk in chunks])
+        out = np.concatenate([self._pooled(self.pixels(chunk)) for chunk in chunks])
         return l2_normalize(out) if normalize else out
 
+    def pixels(self, images: Sequence) -> np.ndarray:
+        """Images -> what the model takes: float32 `pixel_values`, or the resized uint8 images
+        for an artefact that normalises in its graph (`cuda-fp16-u8`)."""
+        return preprocess(images, self.settings, dtype=self.model.input_dtype)
+
     def embed_pixels(self, pixel_values: np.ndarray, normalize: bool = False) -> np.ndarray:
-        """Already preprocessed float32 (N, 3, H, W) input."""
+        """Already preprocessed (N, 3, H, W) input, of the model's input dtype (`pixels`)."""
         if not isinstance(pixel_values, np.ndarray):
             raise InputError(f"pixel_values must be a numpy array, got {type(pixel_values).__name__}")
         out = np.concatenate([self._pooled(chunk) for chunk in self._chunks(pixel_values)])
@@ -109,7 +114,7 @@ class ImageEncoder(_Encoder):
                              f"re-export with other --hidden-states / --attention")
         parts: dict[str, list] = {n: [] for n in names}
         for chunk in self._chunks(image_batch(images)):
-            out = runner.run(preprocess(chunk, self.settings))
+            out = runner.run(preprocess(chunk, self.settings, dtype=runner.input_dtype), outputs=names)
             for n in names:
                 parts[n].append(out[n])
         return {n: np.concatenate(v) for n, v in parts.items()}

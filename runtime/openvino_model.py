@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtefactError, InputError, ProviderError, first_line
-from .session import validate_input
+from .session import outputs_for, validate_input
 
 PRECISIONS = ("bf16", "f32")
 
@@ -55,9 +55,10 @@ class OpenVinoModel:
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self.max_batch = None
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, x: np.ndarray, outputs=None) -> dict[str, np.ndarray]:
         x = validate_input(x, name=self.input_name, shape=self.input_shape, dtype=self.input_dtype)
+        names = outputs_for(self.path, self.output_names, outputs)
         request = self.compiled.create_infer_request()
         results = request.infer({0: x})
         return {name: np.asarray(results[port], dtype=np.float32)
-                for name, port in zip(self.output_names, self.compiled.outputs)}
+                for name, port in zip(self.output_names, self.compiled.outputs) if name in names}

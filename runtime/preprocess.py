@@ -20,9 +20,10 @@ For each image:
      does it for arrays (identical to Pillow's compositing: checked for every colour/alpha pair).
 2. Resize with Pillow on the uint8 RGB image to (width, height) with the configured filter
    (3 = bicubic, with Pillow's antialiasing when shrinking); Pillow rounds and clips to uint8.
-3. Rescale: `float32(float64(x) * rescale_factor)`.
-4. Normalise in float32: `(x - float32(mean)) / float32(std)`.
-5. Channels first, stacked: float32 (N, 3, height, width).
+3. Channels first, stacked: uint8 (N, 3, height, width) (`resized`; what a uint8-input
+   artefact takes, its graph doing steps 4 and 5 with `normalise_table`).
+4. Rescale: `float32(float64(x) * rescale_factor)`.
+5. Normalise in float32: `(x - float32(mean)) / float32(std)` (`normalise`): float32 (N, 3, H, W).
 
 Not covered: transformers 5.x's torchvision-backed `SiglipImageProcessor` resizes with
 torchvision, not Pillow, so bit-identity with it is not expected (and is untested here).
@@ -249,21 +250,16 @@ def _rgb_uint8(item, settings: ImageSettings, index: int):
     return image
 
 
-def preprocess(images: Iterable, settings: ImageSettings | None = None) -> np.ndarray:
-    """Images -> float32 `pixel_values` (N, 3, height, width).
-
-    `images`: a sequence of file paths, PIL images and uint8 (H, W, C) arrays (or one of them,
-    or an (N, H, W, C) uint8 array).
-    """
+def resized(images: Iterable, settings: ImageSettings | None = None) -> np.ndarray:
+    """Images -> uint8 (N, 3, height, width): steps 1, 2 and 5, before rescaling. What a kind
+    with `image_input` uint8 takes (its graph does steps 3 and 4, `normalise`)."""
     from PIL import Image
 
     settings = settings or ImageSettings()
-    mean = np.asarray(settings.image_mean, dtype=np.float32)
-    std = np.asarray(settings.image_std, dtype=np.float32)
     items = image_batch(images)
     if not items:
         raise InputError("no images given (empty batch)")
-    out = np.empty((len(items), 3, settings.height, settings.width), dtype=np.float32)
+    out = np.empty((len(items), 3, settings.height, settings.width), dtype=np.uint8)
     for index, item in enumerate(items):
         image = _rgb_uint8(item, settings, index)
         if settings.do_resize:
@@ -274,11 +270,41 @@ def preprocess(images: Iterable, settings: ImageSettings | None = None) -> np.nd
         if array.shape[:2] != (settings.height, settings.width):
             raise InputError(f"image {index} is {array.shape[1]}x{array.shape[0]} (WxH), the model takes "
                              f"{settings.width}x{settings.height}, and do_resize is off")
-        if settings.do_rescale:
-            array = (array.astype(np.float64) * settings.rescale_factor).astype(np.float32)
-        else:
-            array = array.astype(np.float32)
-        if settings.do_normalize:
-            array = (array - mean) / std  # float32, per channel
         out[index] = array.transpose(2, 0, 1)
     return out
+
+
+def normalise(pixels: np.ndarray, settings: ImageSettings | None = None) -> np.ndarray:
+    """uint8 (N, 3, H, W) -> float32 `pixel_values`: steps 3 and 4, element by element."""
+    settings = settings or ImageSettings()
+    if settings.do_rescale:
+        array = (pixels.astype(np.float64) * settings.rescale_factor).astype(np.float32)
+    else:
+        array = pixels.astype(np.float32)
+    if settings.do_normalize:
+        mean = np.asarray(settings.image_mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(settings.image_std, dtype=np.float32).reshape(3, 1, 1)
+        array = (array - mean) / std  # float32, per channel
+    return array
+
+
+def normalise_table(settings: ImageSettings | None = None) -> np.ndarray:
+    """float32 (3, 256): `normalise` of every uint8 value in each channel. A graph that looks its
+    uint8 input up in it computes bit for bit what `preprocess` gives."""
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8), (1, 3, 1, 256))
+    return np.ascontiguousarray(normalise(values, settings)[0, :, 0, :])
+
+
+def preprocess(images: Iterable, settings: ImageSettings | None = None, dtype=np.float32) -> np.ndarray:
+    """Images -> float32 `pixel_values` (N, 3, height, width), or with `dtype` uint8 the resized
+    images a uint8-input artefact takes (`resized`).
+
+    `images`: a sequence of file paths, PIL images and uint8 (H, W, C) arrays (or one of them,
+    or an (N, H, W, C) uint8 array).
+    """
+    pixels = resized(images, settings)
+    if np.dtype(dtype) == np.uint8:
+        return pixels
+    if np.dtype(dtype) != np.float32:
+        raise InputError(f"preprocess gives float32 or uint8 pixel values, not {np.dtype(dtype).name}")
+    return normalise(pixels, settings)

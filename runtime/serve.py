@@ -193,7 +193,7 @@ def plan(artefacts: Artefacts, options: ServeOptions) -> list[ServedModel]:
     if options.zero_shot and _can_classify(artefacts):
         vision = artefacts.record("vision", options.variant if options.variant and
                                   artefacts.has_variant("vision", options.variant) else None)
-        pixels = TensorInfo("pixel_values", "float32", vision.inputs[0].shape)
+        pixels = TensorInfo("pixel_values", vision.inputs[0].dtype, vision.inputs[0].shape)
         lines = [f'name: "{options.prefix}_zero_shot"', 'backend: "python"', "max_batch_size: 0"]
         lines += tensor_block("input", [pixels, TensorInfo("text", "uint8", ["bytes"])], vision.file, batched=False)
         lines += tensor_block("output", [TensorInfo("probabilities", "float32", ["images", "labels"]),

@@ -5,7 +5,11 @@ what is deployed. numpy + onnxruntime only.
 
 Providers, by name:
 - `cpu`: ONNX Runtime's CPU provider.
-- `cuda`: the CUDA provider; inputs and outputs go through IO binding with device buffers.
+- `cuda`: the CUDA provider; inputs and outputs go through IO binding with device buffers,
+  allocated once per batch size and reused (`_Bound`), and only the outputs asked for are
+  copied back (`run(x, outputs=["pooler_output"])`: an embedding does not pay for copying
+  `last_hidden_state`, as large as the input). `cuda_graph=True` adds ONNX Runtime's CUDA
+  graphs, one captured graph per batch size (not on by default: not yet measured here).
 - `tensorrt`: the TensorRT provider (CUDA for nodes TensorRT does not take), with an engine
   cache keyed by the model's sha256, the GPU and the TensorRT build, and a batch profile.
 - `auto`: TensorRT, then CUDA, then CPU (an artefact kind may narrow or reorder this: its
@@ -20,12 +24,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +41,7 @@ import numpy as np
 from .errors import ArtefactError, InputError, ProviderError, first_line
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
-               "tensor(int32)": np.int32}
+               "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
@@ -217,6 +224,54 @@ def validate_input(x, *, name: str, shape: tuple, dtype: np.dtype, max_batch: in
     return np.ascontiguousarray(x)
 
 
+def outputs_for(path: Path, output_names: list[str], outputs) -> tuple[str, ...]:
+    """The output names a runner of `path` fetches: all (`outputs` None), or those asked for
+    (a name or a sequence), each checked."""
+    if outputs is None:
+        return tuple(output_names)
+    names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    unknown = [n for n in names if n not in output_names]
+    if unknown or not names:
+        raise InputError(f"{path.name} has no output {unknown[0] if unknown else '(none asked for)'!r} "
+                         f"(outputs: {', '.join(output_names)})")
+    return names
+
+
+class _Bound:
+    """One batch size's input and output buffers on the session's device, bound once. A run
+    copies the input into the same buffer (`update_inplace`), runs, and copies the bound outputs
+    back: the addresses never change, which CUDA graph replay needs, and nothing is allocated per
+    call. One run at a time per buffer set (`lock`)."""
+
+    def __init__(self, model: OnnxModel, batch: int, outputs: tuple[str, ...], graph_id: int | None):
+        ort, device = model._ort, model._device
+        self.lock = threading.Lock()
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type((batch, *model.input_shape[1:]), model.input_dtype,
+                                                              device, model.device_id)
+        self.binding = model.session.io_binding()
+        self.binding.bind_ortvalue_input(model.input_name, self.input)
+        for name in outputs:
+            shape = model._output_shape(name, batch)
+            if shape is None:  # an axis other than the batch is not fixed: ORT allocates it per run
+                self.binding.bind_output(name, device, model.device_id)
+            else:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(shape, model._output_dtypes[name], device,
+                                                                  model.device_id)
+                self.binding.bind_ortvalue_output(name, value)
+        self.outputs = outputs
+        self.graph_id = graph_id
+        self.run_options = None
+        if graph_id is not None:
+            self.run_options = ort.RunOptions()
+            self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+    def run(self, session, x: np.ndarray) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.input.update_inplace(x)
+            session.run_with_iobinding(self.binding, self.run_options)
+            return dict(zip(self.outputs, self.binding.copy_outputs_to_cpu()))
+
+
 class OnnxModel:
     """An ONNX file ready to run: `OnnxModel(path).run(array) -> {output name: array}`.
 
@@ -224,12 +279,20 @@ class OnnxModel:
     threads: ONNX Runtime's intra-op thread count (None: one per physical core).
     auto_providers: what `auto` tries, in order, up to `cpu` (an artefact kind's providers,
         `runtime.contract`; an int8 file with CPU-only kernels says `("cpu",)`).
-    Safe to call from several threads at once: ONNX Runtime sessions are, and `run` keeps no state.
+    io_binding: run through buffers bound once per batch size (`_Bound`); None (default): on a
+        GPU provider, where it saves the per-call device allocations; True: on the CPU too.
+    cuda_graph: capture and replay a CUDA graph per batch size (CUDA provider only; every node
+        must run on CUDA); `cuda_options`: more CUDA provider options (e.g. `sdpa_kernel`).
+    Safe to call from several threads at once: ONNX Runtime sessions are, and each bound
+    buffer set runs one call at a time.
     """
+
+    BOUND_SETS = 8  # batch sizes (x output selections) whose buffers are kept; the oldest is dropped
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                  tensorrt: TensorRTOptions | None = None, device_id: int = 0,
-                 auto_providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")):
+                 auto_providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu"), io_binding: bool | None = None,
+                 cuda_graph: bool = False, cuda_options: dict | None = None):
         ort = _import_ort()
         self.path = Path(path)
         if provider not in PROVIDER_CHOICES:
@@ -238,8 +301,12 @@ class OnnxModel:
             raise ArtefactError(f"model file not found: {self.path}")
         if threads is not None and threads < 1:
             raise InputError(f"threads must be >= 1, got {threads}")
+        if cuda_graph and provider != "cuda":
+            raise InputError(f"cuda_graph needs provider 'cuda' (a fixed device), got {provider!r}")
         self.tensorrt = tensorrt or TensorRTOptions()
         self.device_id = device_id
+        self.cuda_graph = cuda_graph
+        self._cuda_options = {**(cuda_options or {}), **({"enable_cuda_graph": "1"} if cuda_graph else {})}
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
@@ -265,6 +332,12 @@ class OnnxModel:
         config = json.loads(self.metadata.get("siglip.config", "{}"))
         self.vocab_size = config.get("vocab_size")
         self._ort = ort
+        on_gpu = self.provider in (CUDA, TENSORRT)
+        self._device = "cuda" if on_gpu else "cpu"
+        self.io_binding = on_gpu if io_binding is None else bool(io_binding)
+        self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
+        self._bound_lock = threading.Lock()
+        self._graph_ids = itertools.count(1)  # 0 is ORT's default id: every bound set gets its own
 
     def _candidates(self, ort, provider: str, auto_providers: tuple[str, ...]) -> list[str]:
         available = ort.get_available_providers()
@@ -298,7 +371,7 @@ class OnnxModel:
             return (name, _tensorrt_provider_options(self.path, self.input_name, self.input_shape, self.tensorrt,
                                                      self.device_id))
         if name == CUDA:
-            return (name, {"device_id": self.device_id})
+            return (name, {"device_id": self.device_id, **self._cuda_options})
         return name
 
     def _create(self, ort, options, providers):
@@ -317,6 +390,13 @@ class OnnxModel:
             raise ArtefactError(f"{self.path}: unsupported input type {inputs[0].type}")
         self.input_dtype = np.dtype(_ORT_DTYPES[inputs[0].type])
         self.output_names = [o.name for o in session.get_outputs()]
+        self._output_shapes = {o.name: tuple(o.shape) for o in session.get_outputs()}
+        self._output_dtypes = {o.name: np.dtype(_ORT_DTYPES.get(o.type, np.float32)) for o in session.get_outputs()}
+
+    def _output_shape(self, name: str, batch: int) -> tuple[int, ...] | None:
+        """`name`'s shape at `batch`, or None when an axis other than the first is not fixed."""
+        shape = (batch, *self._output_shapes[name][1:])
+        return shape if all(isinstance(d, int) and d > 0 for d in shape) else None
 
     @property
     def providers(self) -> list[str]:
@@ -333,20 +413,23 @@ class OnnxModel:
         return validate_input(x, name=self.input_name, shape=self.input_shape, dtype=self.input_dtype,
                               max_batch=self.max_batch, vocab_size=self.vocab_size)
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Validate `x` and run the model: {output name: array}."""
+    def run(self, x: np.ndarray, outputs=None) -> dict[str, np.ndarray]:
+        """Validate `x` and run the model: {output name: array}, for `outputs` (default: all)."""
         x = self.validate(x)
-        if self.provider in (CUDA, TENSORRT):
-            return self._run_on_device(x)
-        outputs = self.session.run(None, {self.input_name: x})
-        return dict(zip(self.output_names, outputs))
+        names = outputs_for(self.path, self.output_names, outputs)
+        if self.io_binding:
+            return self._bound_set(x.shape[0], names).run(self.session, x)
+        return dict(zip(names, self.session.run(list(names), {self.input_name: x})))
 
-    def _run_on_device(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """IO binding: the input is copied to a device buffer once, outputs stay on the device until copied back."""
-        ort = self._ort
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.device_id))
-        for name in self.output_names:
-            binding.bind_output(name, "cuda", self.device_id)
-        self.session.run_with_iobinding(binding)
-        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+    def _bound_set(self, batch: int, names: tuple[str, ...]) -> _Bound:
+        key = (batch, names)
+        with self._bound_lock:
+            bound = self._bound.get(key)
+            if bound is None:
+                bound = self._bound[key] = _Bound(self, batch, names, next(self._graph_ids) if self.cuda_graph else None)
+                while len(self._bound) > self.BOUND_SETS:
+                    _, dropped = self._bound.popitem(last=False)
+                    if dropped.graph_id is not None and hasattr(self.session, "release_captured_graph"):  # ORT >= 1.31
+                        self.session.release_captured_graph(dropped.graph_id)
+            self._bound.move_to_end(key)
+        return bound

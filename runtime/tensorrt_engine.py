@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtefactError, ProviderError
-from .session import validate_input
+from .session import outputs_for, validate_input
 
 
 def metadata_path(engine: str | os.PathLike) -> Path:
@@ -128,9 +128,10 @@ class TensorRTEngine:
             self.context.set_tensor_address(name, int(self.buffers[name]))
         self._lock = threading.Lock()
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, x: np.ndarray, outputs=None) -> dict[str, np.ndarray]:
         x = validate_input(x, name=self.input_name, shape=self.input_shape, dtype=self.input_dtype,
                            max_batch=self.max_batch)
+        names = outputs_for(self.path, self.output_names, outputs)
         cudart = self._cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
@@ -139,12 +140,12 @@ class TensorRTEngine:
             if not self.context.execute_async_v3(int(self.stream)):  # TensorRT takes the raw stream handle
                 raise RuntimeError(f"TensorRT execution failed for {self.path.name}")
             outputs = {}
-            for name in self.output_names:
+            for name in names:
                 out = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
                 _check(cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[name], out.nbytes, d2h, self.stream))
                 outputs[name] = out
             _check(cudart.cudaStreamSynchronize(self.stream))
-        return {name: outputs[name].astype(np.float32, copy=False) for name in self.output_names}
+        return {name: outputs[name].astype(np.float32, copy=False) for name in names}
 
     def __del__(self):
         cudart = getattr(self, "_cudart", None)

@@ -148,7 +148,7 @@ class ZeroShotModel:
             raise ValueError("pixel_values: empty batch")
         if not prompts or not all(p.strip() for p in prompts):
             raise ValueError(f"text must hold non-empty prompts, got {prompts!r}")
-        image = l2_normalize(self.images.run(pixels)["pooler_output"])
+        image = l2_normalize(self.images.run(pixels, outputs=("pooler_output",))["pooler_output"])
         logits = (image @ self._text(prompts).T * np.exp(self.logit_scale) + self.logit_bias).astype(np.float32)
         wanted = request.requested_output_names() or ("probabilities", "logits")
         outputs = {"probabilities": sigmoid(logits).astype(np.float32), "logits": logits}

@@ -64,21 +64,9 @@ def _expected_fusions(config, tower: str) -> dict[str, int]:
             "GELU": layers + (1 if tower == "vision" else 0)}
 
 
-def build_opt(raw_path: Path, config, tower: str) -> tuple[onnx.ModelProto, dict]:
-    """ONNX Runtime's transformer fusions on the raw (unsimplified) export.
-
-    The raw export is used because onnxsim's rewrites (q/k/v projections merged into one
-    MatMul + Split, folded reshapes) hide the pattern ORT's attention fusion matches. The
-    counts are checked: one Attention per encoder layer, or the variant fails.
-    """
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    with quiet():
-        optimized = optimize_model(str(raw_path), model_type="clip", num_heads=config.num_attention_heads,
-                                   hidden_size=config.hidden_size, opt_level=0)
-    model = optimized.model
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):  # save_model_to_file would add it
-        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+def _check_fusions(model: onnx.ModelProto, config, tower: str) -> dict[str, int]:
+    """The fused-op counts, or VariantFailed when one Attention per layer (and its norms and
+    GELUs) did not fuse."""
     counts = op_counts(model)
     counts["GELU"] = sum(counts[op] for op in GELU_OPS)
     expected = _expected_fusions(config, tower)
@@ -86,7 +74,95 @@ def build_opt(raw_path: Path, config, tower: str) -> tuple[onnx.ModelProto, dict
     missing = {op: (fused[op], n) for op, n in expected.items() if fused[op] != n}
     if missing:
         raise VariantFailed("fusion incomplete: " + ", ".join(f"{op} {got} of {want}" for op, (got, want) in missing.items()))
-    return model, {"fused_ops": {**fused, **{op: counts[op] for op in GELU_OPS if counts[op]}}}
+    return {**fused, **{op: counts[op] for op in GELU_OPS if counts[op]}}
+
+
+def _ort_fusions(raw_path: Path, config, use_gpu: bool):
+    """ONNX Runtime's transformer optimiser (an onnxruntime.transformers OnnxModel) on the raw export."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with quiet():
+        optimized = optimize_model(str(raw_path), model_type="clip", num_heads=config.num_attention_heads,
+                                   hidden_size=config.hidden_size, opt_level=0, use_gpu=use_gpu)
+    model = optimized.model
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):  # save_model_to_file would add it
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return optimized
+
+
+def build_opt(raw_path: Path, config, tower: str) -> tuple[onnx.ModelProto, dict]:
+    """ONNX Runtime's transformer fusions on the raw (unsimplified) export.
+
+    The raw export is used because onnxsim's rewrites (q/k/v projections merged into one
+    MatMul + Split, folded reshapes) hide the pattern ORT's attention fusion matches. The
+    counts are checked: one Attention per encoder layer, or the variant fails.
+    """
+    model = _ort_fusions(raw_path, config, use_gpu=False).model
+    return model, {"fused_ops": _check_fusions(model, config, tower)}
+
+
+def float32_products(model: onnx.ModelProto) -> list[str]:
+    """MatMul / Gemm / Attention nodes with an input that is not float16 (or whose type the
+    graph's value_info does not say): what an fp16 graph must not have."""
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Attention")
+            and any(types.get(i) != onnx.TensorProto.FLOAT16 for i in n.input if i)]
+
+
+def build_cuda_fp16(raw_path: Path, config) -> tuple[onnx.ModelProto, dict]:
+    """The image tower for ONNX Runtime's CUDA provider: the transformer optimiser's GPU fusions
+    on the raw export (one Attention per layer, SkipLayerNormalization, FastGelu), then its own
+    fp16 conversion with float32 inputs and outputs.
+
+    Nothing is kept in float32: LayerNormalization, SkipLayerNormalization and Softmax run in
+    fp16 with fp32 accumulation in ONNX Runtime's CUDA kernels, so the only Casts are the input's
+    and the outputs'. Checked: the fusions, no product left in float32, and that Cast bound
+    (issue 11 measured the unfused fp16 file, LayerNorm and Softmax in fp32 between Casts, no
+    faster than fp32 on an H200)."""
+    optimized = _ort_fusions(raw_path, config, use_gpu=True)
+    fused = _check_fusions(optimized.model, config, "vision")
+    with quiet():
+        optimized.convert_float_to_float16(keep_io_types=True)
+    model = optimized.model
+    left = float32_products(model)
+    if left:
+        raise VariantFailed(f"{len(left)} products left in float32 (first: {left[0]})")
+    casts = op_counts(model)["Cast"]
+    bound = len(model.graph.input) + len(model.graph.output)
+    if casts > bound:
+        raise VariantFailed(f"{casts} Cast nodes, more than the inputs' and outputs' {bound}")
+    return model, {"fused_ops": fused, "casts": casts, "conversion": "onnxruntime float16, keep_io_types"}
+
+
+def with_uint8_input(model: onnx.ModelProto, input_name: str, table: np.ndarray) -> onnx.ModelProto:
+    """The same graph taking `input_name` as uint8 (N, 3, H, W) images and normalising them
+    itself: each value is looked up in `table` (3, 256), runtime.preprocess.normalise_table, so
+    the tower sees bit for bit the float32 input the host would have made."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    source = next(i for i in graph.input if i.name == input_name)
+    if source.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise VariantFailed(f"{input_name} is not float32; cannot put a uint8 input in front of it")
+    normalised = f"{input_name}_normalised"
+    for node in graph.node:
+        node.input[:] = [normalised if i == input_name else i for i in node.input]
+    prefix = "uint8_input/"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.ascontiguousarray(table, np.float32).reshape(-1), prefix + "table"),
+        numpy_helper.from_array(np.arange(3, dtype=np.int32).reshape(1, 3, 1, 1) * 256, prefix + "channel_offset"),
+    ])
+    lookup = [
+        helper.make_node("Cast", [input_name], [prefix + "index"], to=TensorProto.INT32, name=prefix + "cast"),
+        helper.make_node("Add", [prefix + "index", prefix + "channel_offset"], [prefix + "row"], name=prefix + "offset"),
+        helper.make_node("Gather", [prefix + "table", prefix + "row"], [normalised], axis=0, name=prefix + "lookup"),
+    ]
+    nodes = lookup + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    source.type.tensor_type.elem_type = TensorProto.UINT8
+    return model
 
 
 def build_int8(opt_path: Path, out_path: Path, keep_float: list[str] = ()) -> dict:

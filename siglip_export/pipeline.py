@@ -260,7 +260,7 @@ def _tower_export(name: str, module, scratch: Path, options: ExportOptions, sour
                        image_settings=image_settings,
                        inputs=tower_inputs(spec, module.config, options.verify_batch_sizes, options.seed,
                                            image_settings),
-                       reference=lambda x: eager_outputs(module, x))
+                       reference=lambda x: eager_outputs(module, x), seed=options.seed)
 
 
 def _check_paths(options: ExportOptions, target: Path) -> None:

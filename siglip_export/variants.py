@@ -20,7 +20,7 @@ from runtime.contract import KINDS, ONNX, ArtefactKind, open_runner
 from runtime.errors import UserError
 from runtime.manifest import ArtefactRecord, Unpublished
 from runtime.parity import min_row_cosine
-from runtime.preprocess import ImageSettings, preprocess
+from runtime.preprocess import ImageSettings, normalise, normalise_table, preprocess
 from runtime.tensorrt_engine import metadata_path
 
 from .int8_search import DYNAMIC_OPS, OPENVINO_OPS, STATIC_OPS, Build, accuracy_aware
@@ -28,6 +28,7 @@ from .onnx_export import TowerSpec, ensure_batch_axis, io_signature, save_model,
 from .optimize import (
     VariantFailed,
     VariantSkipped,
+    build_cuda_fp16,
     build_fp16,
     build_int8,
     build_int8_qdq,
@@ -35,11 +36,12 @@ from .optimize import (
     build_openvino_int8,
     build_opt,
     openvino_int8_available,
+    with_uint8_input,
 )
 from .records import file_record
 from .runtime_gates import measure, measure_elsewhere, reference_provider
 from .tensorrt_build import build_engine, tensorrt_available
-from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, tower_inputs
+from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, tower_inputs, uint8_inputs
 
 if TYPE_CHECKING:
     from .options import ExportOptions
@@ -72,10 +74,20 @@ class TowerExport:
     inputs: list[tuple[str, np.ndarray]]  # the verification inputs
     reference: Callable[[np.ndarray], dict[str, np.ndarray]]  # the eager model's outputs for an input
     plain_record: ArtefactRecord | None = None
+    seed: int = 0  # --seed: the random inputs' (uint8 ones are drawn from seed + 2, int8 search's from seed + 1)
 
     @property
     def scratch(self) -> Path:
         return self.plain.parent
+
+    def gate_inputs(self, kind: ArtefactKind) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]],
+                                                     list[tuple[str, np.ndarray]]]:
+        """(reference, inputs) for verifying a file of `kind`: the tower's own, or for a kind
+        that takes uint8 images, uint8 inputs and the eager model on their normalised values."""
+        if kind.image_input == "float32":
+            return self.reference, self.inputs
+        settings = self.image_settings
+        return (lambda x: self.reference(normalise(x, settings))), uint8_inputs(self.inputs, settings, self.seed + 2)
 
 
 # Random inputs the int8 search scores on besides the calibration inputs: the gate takes the worst
@@ -196,6 +208,21 @@ def _fp16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
     return Built(path, info, b.save(model, path, kind.variant))
 
 
+@builder("cuda-fp16")
+def _cuda_fp16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    model, info = build_cuda_fp16(b.tower.raw, b.tower.module.config)
+    return Built(path, info, b.save(model, path, kind.variant))
+
+
+@builder("cuda-fp16-u8")
+def _cuda_fp16_u8(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
+    source = b.build(kind.builds_from)
+    model = with_uint8_input(onnx.load(str(source.path)), b.tower.spec.input_name,
+                             normalise_table(b.tower.image_settings))
+    info = {**source.info, "image_input": "uint8 (N, 3, H, W), normalised in the graph by table lookup"}
+    return Built(path, info, b.save(model, path, kind.variant))
+
+
 @builder("ov-bf16")
 def _ov_bf16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
     info = build_openvino(b.tower.plain, path)
@@ -283,10 +310,10 @@ def _verify(tower: TowerExport, kind: ArtefactKind, built: Built, base: dict, op
             out: VariantResults, progress: Progress) -> None:
     """The gate in the kind's reference runtime decides publication; the others are recorded."""
     gate = options.gate_for(kind.variant)
+    reference, inputs = tower.gate_inputs(kind)
     with progress.step(f"verify {base['file']}") as step:
         try:
-            parity = measure(kind, built.path, reference_provider(kind), tower.reference, tower.inputs, gate,
-                             options.threads)
+            parity = measure(kind, built.path, reference_provider(kind), reference, inputs, gate, options.threads)
         except Exception as exc:
             out.rejected.append(Unpublished(**base, reason=f"verification failed: {type(exc).__name__}: {exc}"))
             step["note"] = f"REJECTED: verification failed: {type(exc).__name__}"
@@ -297,8 +324,7 @@ def _verify(tower: TowerExport, kind: ArtefactKind, built: Built, base: dict, op
     if not parity.passed:
         out.rejected.append(Unpublished(**base, reason="missed its gate", accuracy=numbers, parity=parity))
         return
-    others = measure_elsewhere(kind, built.path, tower.reference, tower.inputs, gate, options.threads, progress,
-                               parity.runtime)
+    others = measure_elsewhere(kind, built.path, reference, inputs, gate, options.threads, progress, parity.runtime)
     if kind.format == ONNX:
         inputs, outputs = io_signature(onnx.load(str(built.path), load_external_data=False))
     else:  # an IR or engine built from the plain graph takes and gives what it does (the contract)

@@ -17,7 +17,7 @@ import torch
 from runtime.contract import Runner
 from runtime.manifest import GateRecord, OutputMetrics, Parity, ParityRow
 from runtime.parity import min_row_cosine, relative_error
-from runtime.preprocess import ImageSettings, preprocess
+from runtime.preprocess import ImageSettings, preprocess, resized
 
 from .onnx_export import TowerSpec
 
@@ -105,6 +105,21 @@ def verification_inputs(
             sets.append(("padded-text", padded))
             sets.append(("random", rng.integers(0, vocab_size, (b, seq), dtype=np.int64)))
     return sets
+
+
+def uint8_inputs(inputs: list[tuple[str, np.ndarray]], settings: ImageSettings, seed: int) -> list[tuple[str, np.ndarray]]:
+    """`inputs` (the image tower's verification inputs) for an artefact that takes uint8 images:
+    the same sets and batch sizes, the photos resized but not normalised, and uniform random
+    bytes in place of the noise."""
+    rng = np.random.default_rng(seed)
+    photos = resized(photo_paths(), settings)
+    out = []
+    for kind, x in inputs:
+        if kind == "photos":
+            out.append((kind, photos[np.arange(len(x)) % len(photos)]))
+        else:
+            out.append((kind, rng.integers(0, 256, x.shape, dtype=np.uint8)))
+    return out
 
 
 def tower_inputs(spec: TowerSpec, config, batch_sizes: tuple[int, ...], seed: int,

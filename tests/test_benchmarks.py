@@ -142,6 +142,10 @@ def test_smoke_run_on_tiny_export(tiny_artefacts, tmp_path, capsys):
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+GPU_ROWS = ("torch-cuda", "torch-cuda-half-resident", "torch-compile-half", "ort-cuda", "ort-cuda-graph",
+            "ort-cuda-resident", "ort-tensorrt")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU: the smoke run measures the GPU backends")
 def test_gpu_backends_say_why_they_cannot_run(tiny_artefacts, tmp_path, monkeypatch):
     """Past the parent's driver check, the GPU workers themselves must fail cleanly, with the reason."""
@@ -149,16 +153,19 @@ def test_gpu_backends_say_why_they_cannot_run(tiny_artefacts, tmp_path, monkeypa
     monkeypatch.setenv("HOME", str(tmp_path))  # the TensorRT provider's engine cache goes under ~/.cache
     out_json = tmp_path / "gpu.json"
     argv = ["--artefacts", str(tiny_artefacts[0]), "--batch-sizes", "1", "--iterations", "2", "--warmup", "1",
-            "--budget-s", "0.05", "--backends", "torch-cuda,ort-cuda,ort-tensorrt", "--json", str(out_json)]
+            "--budget-s", "0.05", "--backends", ",".join(GPU_ROWS), "--json", str(out_json)]
     assert bench.main(argv) == 0
     rows = json.loads(out_json.read_text())["results"]
-    assert {r["backend"] for r in rows} == {"torch-cuda", "ort-cuda", "ort-tensorrt"}
+    assert {r["backend"] for r in rows} == set(GPU_ROWS)
     for row in rows:
         check_row(row)
         assert row["skipped"], row
     reasons = {r["backend"]: r["skipped"] for r in rows}
-    assert "torch.cuda.is_available() is False" in reasons["torch-cuda"]
-    assert "cuda" in reasons["ort-cuda"].lower() and "tensorrt" in reasons["ort-tensorrt"].lower()
+    for name in ("torch-cuda", "torch-cuda-half-resident", "torch-compile-half"):
+        assert "torch.cuda.is_available() is False" in reasons[name]
+    for name in ("ort-cuda", "ort-cuda-graph", "ort-cuda-resident"):
+        assert "cuda" in reasons[name].lower()
+    assert "tensorrt" in reasons["ort-tensorrt"].lower()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,186 @@
+"""Issue 11's artefacts for ONNX Runtime's CUDA provider, checked on the CPU: the fused fp16 image
+tower (`cuda-fp16`), the one that takes uint8 images (`cuda-fp16-u8`), and the runtime's bound
+buffers and output selection. What needs a GPU carries the `gpu` marker."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import hf_model, tiny_config
+from onnx import TensorProto, helper
+
+from runtime import ImageEncoder, InputError
+from runtime.contract import KINDS
+from runtime.preprocess import ImageSettings, normalise_table, preprocess, resized
+from runtime.session import OnnxModel, nvidia_driver_present
+from runtime.triton_config import tensor_block
+from siglip_export.optimize import float32_products, op_counts, with_uint8_input
+from siglip_export.pipeline import ExportOptions, run_export
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = sorted((ROOT / "siglip_export" / "photos").glob("*.jpg"))
+SETTINGS = ImageSettings(height=32, width=32)  # the tiny config's image size
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("gpu_variants")
+    hf_model(tiny_config()).save_pretrained(base / "ckpt")
+    manifest = run_export(ExportOptions(checkpoint=base / "ckpt", output_dir=base / "out", towers=("vision",),
+                                        variants=("cuda-fp16", "cuda-fp16-u8")), emit=None)
+    return base / "out", manifest
+
+
+def test_cuda_fp16_is_fused_all_fp16_and_within_its_gate(exported):
+    out, manifest = exported
+    layers = tiny_config().vision_config.num_hidden_layers
+    assert manifest.rejected == [] and manifest.skipped == []
+    for variant in ("cuda-fp16", "cuda-fp16-u8"):
+        record = manifest.find("vision", variant)
+        assert record.file == f"vision_model.{variant}.onnx" and record.precision == "fp16"
+        assert record.parity.passed and record.accuracy["pooler_output_min_cosine"] >= KINDS[variant].gate
+        assert record.build["fused_ops"] == {"Attention": layers, "SkipLayerNormalization": 2 * layers,
+                                             "GELU": layers + 1, "FastGelu": layers + 1}
+        model = onnx.load(str(out / record.file))
+        counts = op_counts(model)
+        assert counts["Attention"] == layers and counts["SkipLayerNormalization"] == 2 * layers
+        assert float32_products(model) == []  # every MatMul, Gemm and Attention takes fp16
+        float_weights = [i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT]
+        assert float_weights == ([] if variant == "cuda-fp16" else ["uint8_input/table"])
+    # Casts: the input's and the two outputs', plus the uint8 file's index cast.
+    plain_casts = op_counts(onnx.load(str(out / "vision_model.cuda-fp16.onnx")))["Cast"]
+    assert manifest.find("vision", "cuda-fp16").build["casts"] == plain_casts == 3
+    assert op_counts(onnx.load(str(out / "vision_model.cuda-fp16-u8.onnx")))["Cast"] == plain_casts + 1
+
+
+def test_a_float32_product_is_found():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel())
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT, name="up"),
+                               helper.make_node("MatMul", ["x32", "w"], ["y"], name="mm")], "g", [x], [y], [w])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph))
+    assert float32_products(model) == ["mm"]
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, ImageSettings(height=32, width=32, image_mean=[0.485, 0.456, 0.406],
+                                                             image_std=[0.229, 0.224, 0.225]),
+                                      ImageSettings(height=32, width=32, do_normalize=False)])
+def test_in_graph_normalisation_is_bit_for_bit_the_host_preprocessing(settings, tmp_path):
+    """The uint8 input's lookup, alone in front of an Identity: the float32 values the tower sees
+    equal `preprocess`'s exactly, on the photos and on every byte value."""
+    x = helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("seen", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["pixel_values"], ["seen"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    model = with_uint8_input(model, "pixel_values", normalise_table(settings))
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "normalise.onnx")
+    runner = OnnxModel(tmp_path / "normalise.onnx")
+    assert runner.input_dtype == np.uint8
+    photos = resized(PHOTOS, settings)
+    assert np.array_equal(runner.run(photos)["seen"], preprocess(PHOTOS, settings))
+    every_byte = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(1, 1, 8, 32), (1, 3, 8, 32))
+    padded = np.zeros((1, 3, 32, 32), np.uint8)
+    padded[:, :, :8] = every_byte
+    assert np.array_equal(runner.run(padded)["seen"][:, :, :8], preprocess(padded[0].transpose(1, 2, 0), ImageSettings(
+        height=32, width=32, do_resize=False, image_mean=settings.image_mean, image_std=settings.image_std,
+        do_normalize=settings.do_normalize))[:, :, :8])
+
+
+def test_uint8_variant_equals_the_float_path(exported):
+    out, manifest = exported
+    record = manifest.find("vision", "cuda-fp16-u8")
+    assert record.inputs[0].dtype == "uint8" and manifest.find("vision", "cuda-fp16").inputs[0].dtype == "float32"
+    u8 = OnnxModel(out / record.file).run(resized(PHOTOS, SETTINGS))
+    f32 = OnnxModel(out / "vision_model.cuda-fp16.onnx").run(preprocess(PHOTOS, SETTINGS))
+    for name in ("pooler_output", "last_hidden_state"):
+        np.testing.assert_allclose(u8[name], f32[name], rtol=0, atol=1e-6)
+    # The Python API preprocesses to what the variant takes.
+    encoder = ImageEncoder(out, variant="cuda-fp16-u8", provider="cpu")
+    assert encoder.pixels(PHOTOS[:2]).dtype == np.uint8
+    np.testing.assert_allclose(encoder.embed(PHOTOS, normalize=True),
+                               ImageEncoder(out, variant="cuda-fp16", provider="cpu").embed(PHOTOS, normalize=True),
+                               atol=1e-6)
+    with pytest.raises(InputError, match="pixel_values must be uint8, got float32"):
+        encoder.embed_pixels(preprocess(PHOTOS[:1], SETTINGS))
+    # A Triton repository serving it takes bytes.
+    assert "data_type: TYPE_UINT8" in "\n".join(tensor_block("input", record.inputs, record.file))
+
+
+def test_bound_buffers_match_plain_runs(exported):
+    out, _ = exported
+    path = out / "vision_model.onnx"
+    plain = OnnxModel(path)
+    bound = OnnxModel(path, io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    batches = [preprocess(PHOTOS[:n], SETTINGS) for n in (1, 3, 3, 2)]
+    for x in batches:
+        expected = plain.run(x)
+        got = bound.run(x)
+        assert list(got) == ["last_hidden_state", "pooler_output"]
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-6)
+        only = bound.run(x, outputs=("pooler_output",))
+        assert list(only) == ["pooler_output"]
+        np.testing.assert_allclose(only["pooler_output"], expected["pooler_output"], rtol=0, atol=1e-6)
+    # One buffer set per (batch size, outputs), reused: 3 batch sizes x 2 selections.
+    assert sorted(bound._bound) == sorted((b, names) for b in (1, 2, 3)
+                                          for names in (("last_hidden_state", "pooler_output"), ("pooler_output",)))
+    first = bound.run(batches[0])["pooler_output"]
+    bound.run(batches[1])
+    assert np.array_equal(bound.run(batches[0])["pooler_output"], first)  # results are copies, not the buffer
+    # Buffers are shared: concurrent calls of one batch size still get their own results.
+    x = preprocess(PHOTOS, SETTINGS)
+    rows = [x[[i, (i + 1) % len(x), (i + 2) % len(x)]] for i in range(len(x))]
+    want = [plain.run(r, outputs="pooler_output")["pooler_output"] for r in rows]
+    results: dict[int, np.ndarray] = {}
+
+    def call(i):
+        for _ in range(5):
+            results[i] = bound.run(rows[i], outputs="pooler_output")["pooler_output"]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(rows))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, expected in enumerate(want):
+        np.testing.assert_allclose(results[i], expected, rtol=0, atol=1e-6)
+    # Only the newest sets are kept.
+    for b in range(4, 4 + OnnxModel.BOUND_SETS):
+        bound.run(np.repeat(x[:1], b, axis=0), outputs="pooler_output")
+    assert len(bound._bound) == OnnxModel.BOUND_SETS
+
+
+def test_output_selection_and_cuda_graph_errors(exported):
+    out, _ = exported
+    model = OnnxModel(out / "vision_model.onnx")
+    x = preprocess(PHOTOS[:1], SETTINGS)
+    with pytest.raises(InputError, match="has no output 'logits' \\(outputs: last_hidden_state, pooler_output\\)"):
+        model.run(x, outputs=("logits",))
+    with pytest.raises(InputError, match="none asked for"):
+        model.run(x, outputs=())
+    with pytest.raises(InputError, match="cuda_graph needs provider 'cuda'"):
+        OnnxModel(out / "vision_model.onnx", provider="cpu", cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not nvidia_driver_present(), reason="needs an NVIDIA GPU and onnxruntime-gpu")
+def test_cuda_fp16_on_the_gpu(exported):
+    """On a GPU host the export also gates each file on the CUDA provider; CUDA graph replays
+    give what plain bound runs give."""
+    out, manifest = exported
+    for variant in ("cuda-fp16", "cuda-fp16-u8"):
+        gate = manifest.find("vision", variant).gate_in("onnxruntime-cuda")
+        assert gate is not None and gate.passed, variant
+    x = resized(PHOTOS, SETTINGS)
+    plain = OnnxModel(out / "vision_model.cuda-fp16-u8.onnx", provider="cuda")
+    graphs = OnnxModel(out / "vision_model.cuda-fp16-u8.onnx", provider="cuda", cuda_graph=True)
+    expected = plain.run(x, outputs="pooler_output")["pooler_output"]
+    for _ in range(3):  # capture, then replays
+        np.testing.assert_allclose(graphs.run(x, outputs="pooler_output")["pooler_output"], expected, atol=1e-3)
