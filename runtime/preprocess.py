@@ -250,16 +250,20 @@ def _rgb_uint8(item, settings: ImageSettings, index: int):
     return image
 
 
-def resized(images: Iterable, settings: ImageSettings | None = None) -> np.ndarray:
-    """Images -> uint8 (N, 3, height, width): steps 1, 2 and 5, before rescaling. What a kind
-    with `image_input` uint8 takes (its graph does steps 3 and 4, `normalise`)."""
+def resized(images: Iterable, settings: ImageSettings | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Images -> uint8 (N, 3, height, width): steps 1 to 3, before rescaling. What a kind with
+    `image_input` uint8 takes (its graph does steps 4 and 5, `normalise`). `out`: write there."""
     from PIL import Image
 
     settings = settings or ImageSettings()
     items = image_batch(images)
     if not items:
         raise InputError("no images given (empty batch)")
-    out = np.empty((len(items), 3, settings.height, settings.width), dtype=np.uint8)
+    shape = (len(items), 3, settings.height, settings.width)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise InputError(f"out must be uint8 {shape}, got {out.dtype.name} {out.shape}")
     for index, item in enumerate(items):
         image = _rgb_uint8(item, settings, index)
         if settings.do_resize:
@@ -274,9 +278,12 @@ def resized(images: Iterable, settings: ImageSettings | None = None) -> np.ndarr
     return out
 
 
-def normalise(pixels: np.ndarray, settings: ImageSettings | None = None) -> np.ndarray:
-    """uint8 (N, 3, H, W) -> float32 `pixel_values`: steps 3 and 4, element by element."""
+def normalise(pixels: np.ndarray, settings: ImageSettings | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (N, 3, H, W) -> float32 `pixel_values`: steps 4 and 5, element by element. `out`:
+    write there (float32, the same shape)."""
     settings = settings or ImageSettings()
+    if out is not None and (out.shape != pixels.shape or out.dtype != np.float32):
+        raise InputError(f"out must be float32 {pixels.shape}, got {out.dtype.name} {out.shape}")
     if settings.do_rescale:
         array = (pixels.astype(np.float64) * settings.rescale_factor).astype(np.float32)
     else:
@@ -284,8 +291,11 @@ def normalise(pixels: np.ndarray, settings: ImageSettings | None = None) -> np.n
     if settings.do_normalize:
         mean = np.asarray(settings.image_mean, dtype=np.float32).reshape(3, 1, 1)
         std = np.asarray(settings.image_std, dtype=np.float32).reshape(3, 1, 1)
-        array = (array - mean) / std  # float32, per channel
-    return array
+        return np.divide(array - mean, std, out=out)  # float32, per channel
+    if out is None:
+        return array
+    out[...] = array
+    return out
 
 
 def normalise_table(settings: ImageSettings | None = None) -> np.ndarray:
@@ -295,16 +305,17 @@ def normalise_table(settings: ImageSettings | None = None) -> np.ndarray:
     return np.ascontiguousarray(normalise(values, settings)[0, :, 0, :])
 
 
-def preprocess(images: Iterable, settings: ImageSettings | None = None, dtype=np.float32) -> np.ndarray:
+def preprocess(images: Iterable, settings: ImageSettings | None = None, dtype=np.float32,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Images -> float32 `pixel_values` (N, 3, height, width), or with `dtype` uint8 the resized
-    images a uint8-input artefact takes (`resized`).
+    images a uint8-input artefact takes (`resized`). `out`: an array of that shape and dtype to
+    write into (a runner's page-locked input buffer, `OnnxModel.run_filled`).
 
     `images`: a sequence of file paths, PIL images and uint8 (H, W, C) arrays (or one of them,
     or an (N, H, W, C) uint8 array).
     """
-    pixels = resized(images, settings)
     if np.dtype(dtype) == np.uint8:
-        return pixels
+        return resized(images, settings, out=out)
     if np.dtype(dtype) != np.float32:
         raise InputError(f"preprocess gives float32 or uint8 pixel values, not {np.dtype(dtype).name}")
-    return normalise(pixels, settings)
+    return normalise(resized(images, settings), settings, out=out)

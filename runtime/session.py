@@ -237,17 +237,47 @@ def outputs_for(path: Path, output_names: list[str], outputs) -> tuple[str, ...]
     return names
 
 
+@functools.lru_cache(maxsize=1)
+def _cudart():
+    """The CUDA runtime library ONNX Runtime's CUDA provider loaded (by soname), or None."""
+    import ctypes
+
+    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so", "cudart64_13.dll", "cudart64_12.dll"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def _pin(array: np.ndarray):
+    """Page-lock `array` (cudaHostRegister) so copies from it to the GPU go by DMA at full speed;
+    returns the function that unpins it, or None where the CUDA runtime is not there or refuses."""
+    import ctypes
+
+    cudart = _cudart()
+    if cudart is None or array.nbytes == 0:
+        return None
+    pointer = ctypes.c_void_p(array.ctypes.data)
+    if cudart.cudaHostRegister(pointer, ctypes.c_size_t(array.nbytes), ctypes.c_uint(0)) != 0:
+        return None
+    return lambda: cudart.cudaHostUnregister(pointer)
+
+
 class _Bound:
     """One batch size's input and output buffers on the session's device, bound once. A run
     copies the input into the same buffer (`update_inplace`), runs, and copies the bound outputs
     back: the addresses never change, which CUDA graph replay needs, and nothing is allocated per
-    call. One run at a time per buffer set (`lock`)."""
+    call. One run at a time per buffer set (`lock`). `run_filled` has the caller write the input
+    into this set's host buffer (page-locked on a GPU) instead of handing over an array."""
 
     def __init__(self, model: OnnxModel, batch: int, outputs: tuple[str, ...], graph_id: int | None):
         ort, device = model._ort, model._device
         self.lock = threading.Lock()
-        self.input = ort.OrtValue.ortvalue_from_shape_and_type((batch, *model.input_shape[1:]), model.input_dtype,
-                                                              device, model.device_id)
+        self.shape = (batch, *model.input_shape[1:])
+        self.dtype = model.input_dtype
+        self.device = device
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type(self.shape, self.dtype, device, model.device_id)
         self.binding = model.session.io_binding()
         self.binding.bind_ortvalue_input(model.input_name, self.input)
         for name in outputs:
@@ -264,12 +294,30 @@ class _Bound:
         if graph_id is not None:
             self.run_options = ort.RunOptions()
             self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        self.host: np.ndarray | None = None  # made on the first run_filled
+        self._unpin = None
 
-    def run(self, session, x: np.ndarray) -> dict[str, np.ndarray]:
+    @property
+    def pinned(self) -> bool:
+        return self._unpin is not None
+
+    def run(self, session, x: np.ndarray | None = None, fill=None, check=None) -> dict[str, np.ndarray]:
+        """Run on `x`, or on what `fill(host buffer)` writes, passed through `check` (validation)."""
         with self.lock:
+            if fill is not None:
+                if self.host is None:
+                    self.host = np.empty(self.shape, self.dtype)
+                    self._unpin = _pin(self.host) if self.device == "cuda" else None
+                fill(self.host)
+                x = check(self.host)
             self.input.update_inplace(x)
             session.run_with_iobinding(self.binding, self.run_options)
             return dict(zip(self.outputs, self.binding.copy_outputs_to_cpu()))
+
+    def release(self) -> None:
+        if self._unpin is not None:
+            self._unpin()
+            self._unpin = None
 
 
 class OnnxModel:
@@ -421,6 +469,18 @@ class OnnxModel:
             return self._bound_set(x.shape[0], names).run(self.session, x)
         return dict(zip(names, self.session.run(list(names), {self.input_name: x})))
 
+    def run_filled(self, batch: int, fill, outputs=None) -> dict[str, np.ndarray]:
+        """Run on an input of `batch` rows that `fill(buffer)` writes into a host buffer of this
+        model's input shape and dtype: with bound buffers that is the batch size's own buffer,
+        page-locked on a GPU, so preprocessing writes straight where the copy to the device
+        starts (no second host copy, DMA at full speed). Otherwise a fresh array, then `run`."""
+        names = outputs_for(self.path, self.output_names, outputs)
+        if not self.io_binding:
+            x = np.empty((batch, *self.input_shape[1:]), self.input_dtype)
+            fill(x)
+            return self.run(x, names)
+        return self._bound_set(batch, names).run(self.session, fill=fill, check=self.validate)
+
     def _bound_set(self, batch: int, names: tuple[str, ...]) -> _Bound:
         key = (batch, names)
         with self._bound_lock:
@@ -429,6 +489,8 @@ class OnnxModel:
                 bound = self._bound[key] = _Bound(self, batch, names, next(self._graph_ids) if self.cuda_graph else None)
                 while len(self._bound) > self.BOUND_SETS:
                     _, dropped = self._bound.popitem(last=False)
+                    with dropped.lock:  # a run still using it finishes first
+                        dropped.release()
                     if dropped.graph_id is not None and hasattr(self.session, "release_captured_graph"):  # ORT >= 1.31
                         self.session.release_captured_graph(dropped.graph_id)
             self._bound.move_to_end(key)

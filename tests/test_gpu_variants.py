@@ -157,6 +157,41 @@ def test_bound_buffers_match_plain_runs(exported):
     assert len(bound._bound) == OnnxModel.BOUND_SETS
 
 
+def test_preprocessing_into_the_bound_buffer(exported):
+    """run_filled: the encoders write preprocessed images into the batch size's own host buffer
+    (page-locked on a GPU); same results as handing over an array, and a failed fill frees it."""
+    out, _ = exported
+    for variant in ("cuda-fp16", "cuda-fp16-u8"):
+        path = out / f"vision_model.{variant}.onnx"
+        plain, bound = OnnxModel(path), OnnxModel(path, io_binding=True)
+        x = preprocess(PHOTOS[:3], SETTINGS, dtype=plain.input_dtype)
+        expected = plain.run(x, outputs="pooler_output")["pooler_output"]
+        for model in (plain, bound):
+            got = model.run_filled(3, lambda buf: preprocess(PHOTOS[:3], SETTINGS, dtype=buf.dtype, out=buf),
+                                   outputs="pooler_output")
+            np.testing.assert_allclose(got["pooler_output"], expected, rtol=0, atol=1e-6)
+        host = bound._bound[(3, ("pooler_output",))].host
+        assert host is not None and host.dtype == plain.input_dtype and not bound._bound[(3, ("pooler_output",))].pinned
+
+        def broken(buf):
+            raise InputError("cannot read image x.jpg")
+
+        with pytest.raises(InputError, match="x.jpg"):
+            bound.run_filled(3, broken, outputs="pooler_output")
+        np.testing.assert_allclose(bound.run(x, outputs="pooler_output")["pooler_output"], expected, atol=1e-6)
+        with pytest.raises(InputError, match="NaN or Inf"):  # what was filled is validated like an input
+            OnnxModel(out / "vision_model.cuda-fp16.onnx", io_binding=True).run_filled(1, lambda buf: buf.fill(np.nan))
+    with pytest.raises(InputError, match="out must be uint8"):
+        preprocess(PHOTOS[:1], SETTINGS, dtype=np.uint8, out=np.empty((2, 3, 32, 32), np.uint8))
+    with pytest.raises(InputError, match="out must be float32"):
+        preprocess(PHOTOS[:1], SETTINGS, out=np.empty((1, 3, 32, 32), np.float64))
+    # The encoder on bound buffers gives what it gives without them.
+    encoder = ImageEncoder(out, variant="cuda-fp16-u8", provider="cpu")
+    want = encoder.embed(PHOTOS)
+    encoder.model = OnnxModel(out / "vision_model.cuda-fp16-u8.onnx", io_binding=True)
+    np.testing.assert_allclose(encoder.embed(PHOTOS), want, rtol=0, atol=1e-6)
+
+
 def test_output_selection_and_cuda_graph_errors(exported):
     out, _ = exported
     model = OnnxModel(out / "vision_model.onnx")
