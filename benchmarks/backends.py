@@ -174,9 +174,11 @@ class OrtRunner(Runner):
         if provider == "tensorrt":
             top = max(job["batch_sizes"])
             options = TensorRTOptions(fp16=self.precision == "fp16", min_batch=1, opt_batch=min(8, top), max_batch=top)
+        cuda_options = job.get("cuda_options") or {}
         self.model = OnnxModel(job["path"], provider=provider, threads=job["threads"], tensorrt=options,
-                               cuda_graph=spec.cuda_graph)
-        self.provider = self.model.provider + (" (CUDA graphs)" if spec.cuda_graph else "")
+                               cuda_graph=spec.cuda_graph, cuda_options=cuda_options)
+        self.provider = self.model.provider + (" (CUDA graphs)" if spec.cuda_graph else "") + "".join(
+            f", {k}={v}" for k, v in cuda_options.items() if provider == "cuda")
         self.input_dtype = self.model.input_dtype
         if "pooler_output" not in self.model.output_names:
             raise RuntimeError(f"{Path(job['path']).name} has no pooler_output (outputs: {self.model.output_names})")

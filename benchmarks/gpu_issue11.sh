@@ -21,3 +21,9 @@ timeout ${BENCH_TIMEOUT:-420} python benchmarks/run.py --artefacts "$ART" --batc
   --backends torch-cuda-fp16,torch-cuda-half,torch-cuda-half-resident,torch-compile-half,torch-compile-half-resident,ort-cuda,ort-cuda-graph,ort-cuda-resident \
   --json "$OUT/bench.json" > "$OUT/bench.md" 2>&1; echo "bench rc=$?"
 cat "$OUT/bench.md"
+# 4. The attention kernel (ONNX Runtime's CUDA option sdpa_kernel: 1 flash, 2 memory-efficient) against the default.
+for k in 1 2; do
+  timeout 120 python benchmarks/run.py --artefacts "$ART" --batch-sizes 1,256 --iterations 30 --warmup 5 --budget-s 4 \
+    --backends ort-cuda-resident --cuda-option sdpa_kernel=$k --json "$OUT/sdpa$k.json" > "$OUT/sdpa$k.md" 2>&1
+  echo "sdpa_kernel=$k rc=$?"; grep -E "cuda-fp16" "$OUT/sdpa$k.md"
+done

@@ -82,6 +82,13 @@ def _batch_sizes(text: str) -> list[int]:
     return sorted(set(positive_int_list(text)))
 
 
+def _cuda_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. sdpa_kernel=2)")
+    return key.strip(), value.strip()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="python benchmarks/run.py",
@@ -106,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inputs", type=positive_int, default=4,
                         help="distinct inputs cycled through per batch size, so caches do not flatter (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--cuda-option", action="append", default=[], metavar="KEY=VALUE", type=_cuda_option,
+                        help="an ONNX Runtime CUDA provider option for the ort-cuda rows, e.g. sdpa_kernel=2 "
+                             "(repeatable)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.batch_sizes = args.batch_sizes or ([1, 8] if quick else [1, 8, 32])
@@ -217,7 +227,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     common = {"threads": args.threads, "batch_sizes": args.batch_sizes, "input_shape": pixel_shape(vision),
               "seed": args.seed, "vision_config": vision}
     job_base = {"kind": "backend", **common, "iterations": args.iterations, "warmup": args.warmup,
-                "budget_s": args.budget_s, "inputs": args.inputs}
+                "budget_s": args.budget_s, "inputs": args.inputs, "cuda_options": dict(args.cuda_option)}
     with tempfile.TemporaryDirectory(prefix="siglip-bench-") as tmp:
         scratch = Path(tmp)
         prepared = _prepare_reference(manifest, directory / plain.file, common, scratch, start)
@@ -264,6 +274,7 @@ def _run_info(args: argparse.Namespace, directory: Path, contention: CpuContenti
         "quick": args.quick, "threads": args.threads, "batch_sizes": args.batch_sizes,
         "iterations": args.iterations, "warmup": args.warmup, "budget_s": args.budget_s,
         "inputs_per_batch": args.inputs, "seed": args.seed, "artefacts": str(directory),
+        "cuda_options": dict(args.cuda_option),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "throughput": "batch_size x timed calls / their total time, one call at a time",
         "peak_rss": "VmHWM of the backend's own worker process after this batch size (sizes run in increasing "
