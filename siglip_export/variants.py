@@ -35,6 +35,7 @@ from .optimize import (
     build_openvino,
     build_openvino_int8,
     build_opt,
+    op_counts,
     openvino_int8_available,
     with_uint8_input,
 )
@@ -219,7 +220,8 @@ def _cuda_fp16_u8(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
     source = b.build(kind.builds_from)
     model = with_uint8_input(onnx.load(str(source.path)), b.tower.spec.input_name,
                              normalise_table(b.tower.image_settings))
-    info = {**source.info, "image_input": "uint8 (N, 3, H, W), normalised in the graph by table lookup"}
+    info = {**source.info, "casts": op_counts(model)["Cast"],
+            "image_input": "uint8 (N, 3, H, W), normalised in the graph by table lookup"}
     return Built(path, info, b.save(model, path, kind.variant))
 
 

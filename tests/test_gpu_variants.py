@@ -54,7 +54,8 @@ def test_cuda_fp16_is_fused_all_fp16_and_within_its_gate(exported):
     # Casts: the input's and the two outputs', plus the uint8 file's index cast.
     plain_casts = op_counts(onnx.load(str(out / "vision_model.cuda-fp16.onnx")))["Cast"]
     assert manifest.find("vision", "cuda-fp16").build["casts"] == plain_casts == 3
-    assert op_counts(onnx.load(str(out / "vision_model.cuda-fp16-u8.onnx")))["Cast"] == plain_casts + 1
+    assert op_counts(onnx.load(str(out / "vision_model.cuda-fp16-u8.onnx")))["Cast"] == plain_casts + 1 \
+        == manifest.find("vision", "cuda-fp16-u8").build["casts"]
 
 
 def test_a_float32_product_is_found():
