@@ -132,7 +132,8 @@ class TorchRunner(Runner):
         if not self.resident:
             return inputs
         staged = [self._to_device(x) for x in inputs]
-        self.torch.cuda.synchronize()
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
         return staged
 
     def _to_device(self, x):
@@ -187,7 +188,7 @@ class OrtRunner(Runner):
         if not self.resident:
             return inputs
         ort, model = self.model._ort, self.model
-        return [ort.OrtValue.ortvalue_from_numpy(x, "cuda", model.device_id) for x in inputs]
+        return [ort.OrtValue.ortvalue_from_numpy(x, model._device, model.device_id) for x in inputs]
 
     def for_batch(self, batch: int):
         model = self.model
@@ -200,7 +201,7 @@ class OrtRunner(Runner):
 
         def run_resident(x) -> np.ndarray:
             binding.bind_ortvalue_input(model.input_name, x)
-            binding.bind_output("pooler_output", "cuda", model.device_id)
+            binding.bind_output("pooler_output", model._device, model.device_id)
             model.session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
 

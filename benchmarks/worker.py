@@ -64,10 +64,11 @@ def current_rss_mb() -> float | None:
     return _proc_status_mb("VmRSS")
 
 
-def measure(run, inputs: list[np.ndarray], warmup: int, iterations: int, budget_s: float,
+def measure(run, inputs: list, batch: int, warmup: int, iterations: int, budget_s: float,
             min_iterations: int = 3) -> tuple[dict, np.ndarray]:
-    """Warm up, then time `iterations` calls cycling through `inputs` (fewer when the timed calls
-    pass `budget_s`, but at least `min_iterations`). Returns (statistics, output of inputs[0])."""
+    """Warm up, then time `iterations` calls cycling through `inputs` (host arrays or, staged,
+    device tensors, of `batch` rows each; fewer calls when the timed ones pass `budget_s`, but at
+    least `min_iterations`). Returns (statistics, output of inputs[0])."""
     first = run(inputs[0])  # the first warm-up call: its output is the one checked for accuracy
     for i in range(1, warmup):
         run(inputs[i % len(inputs)])
@@ -80,7 +81,6 @@ def measure(run, inputs: list[np.ndarray], warmup: int, iterations: int, budget_
         if time.perf_counter() - started > budget_s and len(times) >= min_iterations:
             break
     ms = np.array(times) * 1e3
-    batch = inputs[0].shape[0]
     return {
         "p50_ms": float(np.percentile(ms, 50)),
         "p90_ms": float(np.percentile(ms, 90)),
@@ -181,7 +181,7 @@ def backend(job: dict) -> dict:
             run = runner.for_batch(batch)
             inputs = runner.stage([x.astype(runner.input_dtype, copy=False) for x in
                                    make_inputs(job["input_shape"], batch, job["inputs"], job["seed"], runner.input_dtype)])
-            stats, first = measure(run, inputs, job["warmup"], job["iterations"], job["budget_s"])
+            stats, first = measure(run, inputs, batch, job["warmup"], job["iterations"], job["budget_s"])
         except SkipBatch as exc:
             row["skipped"] = str(exc)
         except Exception as exc:  # e.g. out of memory at a large batch: the other sizes still count

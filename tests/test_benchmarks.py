@@ -186,3 +186,42 @@ def test_unknown_backend_exit_2(tiny_artefacts):
     proc = _cli("--artefacts", str(tiny_artefacts[0]), "--backends", "torch-eager,warp-drive")
     assert proc.returncode == 2
     assert "warp-drive" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_device_resident_and_half_modes_run_on_the_cpu(tiny_artefacts, tmp_path, monkeypatch):
+    """The GPU rows' modes (inputs staged before the clock and pooler_output alone copied back;
+    weights cast instead of autocast) run here through CPU twins of those backends, so their code
+    runs without a GPU, and their outputs are checked against the same model run plainly."""
+    import numpy as np
+
+    from benchmarks import backends, worker
+    from runtime.contract import ONNX
+    from runtime.session import OnnxModel
+
+    twins = [backends.Backend("test-ort-resident", "cpu", backends.OrtRunner, "ORT CPU, staged inputs",
+                              formats=(ONNX,), provider="cpu", resident=True),
+             backends.Backend("test-torch-bf16-cast-resident", "cpu", backends.TorchRunner,
+                              "torch .to(bfloat16), staged inputs", precision="bf16", cast_weights=True, resident=True)]
+    for twin in twins:
+        monkeypatch.setitem(backends.BACKENDS, twin.name, twin)
+    directory, _ = tiny_artefacts
+    path = directory / "vision_model.onnx"
+    config = json.loads((directory / "config.json").read_text())
+    vision = config.get("vision_config", config)
+    shape = [3, vision["image_size"], vision["image_size"]]
+    plain = OnnxModel(path)
+    eager = backends.load_vision_tower(vision, None)  # seeded random weights, as the torch twin's
+    references = {"test-ort-resident": lambda x: plain.run(x)["pooler_output"],
+                  "test-torch-bf16-cast-resident": lambda x: eager(torch.from_numpy(x))[1].detach().numpy()}
+    for twin in twins:
+        reference = {str(b): references[twin.name](worker.make_inputs(shape, b, 1, 0)[0]) for b in (1, 2)}
+        np.savez(tmp_path / f"{twin.name}.npz", **reference)
+        result = worker.backend({"kind": "backend", "backend": twin.name, "path": str(path), "threads": 2,
+                                 "batch_sizes": [1, 2], "input_shape": shape, "seed": 0, "vision_config": vision,
+                                 "iterations": 3, "warmup": 1, "budget_s": 0.05, "inputs": 2,
+                                 "reference": str(tmp_path / f"{twin.name}.npz")})
+        assert "error" not in result, result
+        assert [r["batch_size"] for r in result["rows"]] == [1, 2]
+        for row in result["rows"]:
+            assert "skipped" not in row and row["p50_ms"] > 0, row
+            assert row["min_cosine"] >= (0.99999 if twin.name == "test-ort-resident" else 0.99), row

@@ -193,6 +193,24 @@ def test_preprocessing_into_the_bound_buffer(exported):
     np.testing.assert_allclose(encoder.embed(PHOTOS), want, rtol=0, atol=1e-6)
 
 
+def test_cuda_graph_bookkeeping_runs_on_a_cpu_session(exported):
+    """What cuda_graph=True adds to the bound sets (a graph id per set, passed as gpu_graph_id,
+    the graph released when the set is dropped) goes through ONNX Runtime's API here too: the
+    CPU session takes and ignores it. The capture itself needs a GPU (the gpu test below)."""
+    out, _ = exported
+    model = OnnxModel(out / "vision_model.onnx", io_binding=True)
+    model.cuda_graph = True  # the constructor allows it with provider cuda only
+    x = preprocess(PHOTOS[:1], SETTINGS)
+    expected = OnnxModel(out / "vision_model.onnx").run(x, outputs="pooler_output")["pooler_output"]
+    for batch in range(1, OnnxModel.BOUND_SETS + 3):
+        got = model.run(np.repeat(x, batch, axis=0), outputs="pooler_output")["pooler_output"]
+        np.testing.assert_allclose(got, np.repeat(expected, batch, axis=0), rtol=0, atol=1e-6)
+    ids = [bound.graph_id for bound in model._bound.values()]
+    assert len(ids) == OnnxModel.BOUND_SETS and len(set(ids)) == len(ids) and 0 not in ids
+    assert all(bound.run_options.get_run_config_entry("gpu_graph_id") == str(bound.graph_id)
+               for bound in model._bound.values())
+
+
 def test_output_selection_and_cuda_graph_errors(exported):
     out, _ = exported
     model = OnnxModel(out / "vision_model.onnx")
