@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> None:
         encoder = ImageEncoder(args.artefacts, variant=args.variant, **options)
         vectors = encoder.embed(args.images, normalize=args.normalize)
         _save_npy(args.output, vectors.astype(np.float32))
-        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.output} ({encoder.provider})",
+        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.output} ({encoder.describe()})",
               file=sys.stderr)
         return
     classifier = ZeroShotClassifier(args.artefacts, template=args.template or DEFAULT_TEMPLATE,

@@ -53,6 +53,11 @@ class _Encoder:
         """The execution provider that really runs the model."""
         return self.model.provider
 
+    def describe(self) -> str:
+        """The provider, and the IO path the runner chose where it says (OnnxModel.describe)."""
+        describe = getattr(self.model, "describe", None)
+        return describe() if describe is not None else self.model.provider
+
     def _chunks(self, items: Sequence):
         if len(items) == 0:
             raise InputError(f"no {'images' if self.tower == 'vision' else 'texts'} given (empty batch)")

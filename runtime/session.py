@@ -446,6 +446,14 @@ class OnnxModel:
         shape = (batch, *self._output_shapes[name][1:])
         return shape if all(isinstance(d, int) and d > 0 for d in shape) else None
 
+    def describe(self) -> str:
+        """What runs and how, for messages: the provider, and on a GPU the IO path chosen."""
+        if not self.io_binding:
+            return self.provider
+        pinned = any(b.pinned for b in list(self._bound.values()))
+        return (f"{self.provider}, buffers bound per batch size{', page-locked input' if pinned else ''}, "
+                f"CUDA graphs {'on' if self.cuda_graph else 'off'}")
+
     @property
     def providers(self) -> list[str]:
         """The providers the session really runs on, in priority order."""

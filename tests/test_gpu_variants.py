@@ -186,11 +186,13 @@ def test_preprocessing_into_the_bound_buffer(exported):
         preprocess(PHOTOS[:1], SETTINGS, dtype=np.uint8, out=np.empty((2, 3, 32, 32), np.uint8))
     with pytest.raises(InputError, match="out must be float32"):
         preprocess(PHOTOS[:1], SETTINGS, out=np.empty((1, 3, 32, 32), np.float64))
-    # The encoder on bound buffers gives what it gives without them.
+    # The encoder on bound buffers gives what it gives without them, and says which path it took.
     encoder = ImageEncoder(out, variant="cuda-fp16-u8", provider="cpu")
     want = encoder.embed(PHOTOS)
+    assert encoder.describe() == "CPUExecutionProvider"
     encoder.model = OnnxModel(out / "vision_model.cuda-fp16-u8.onnx", io_binding=True)
     np.testing.assert_allclose(encoder.embed(PHOTOS), want, rtol=0, atol=1e-6)
+    assert encoder.describe() == "CPUExecutionProvider, buffers bound per batch size, CUDA graphs off"
 
 
 def test_cuda_graph_bookkeeping_runs_on_a_cpu_session(exported):
