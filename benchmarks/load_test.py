@@ -45,7 +45,7 @@ from runtime import ImageEncoder  # noqa: E402
 from runtime.cli_support import ArgumentParser, positive_int, run_command  # noqa: E402
 from runtime.contract import PROVIDERS  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.preprocess import load_image, preprocess  # noqa: E402
+from runtime.preprocess import load_image  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parent.parent / "siglip_export" / "photos"
 
@@ -74,7 +74,7 @@ class LoadTest:
 
     def __init__(self, encoder: ImageEncoder, images: list[np.ndarray], batch_size: int, preprocessed: bool):
         self.encoder, self.batch_size, self.preprocessed = encoder, batch_size, preprocessed
-        self.inputs = preprocess(images, encoder.settings) if preprocessed else images
+        self.inputs = encoder.pixels(images) if preprocessed else images
         self.count = len(images)
         # Distinct calls: the first input index of a call is i * batch mod K.
         self.keys = sorted({(i * batch_size) % self.count for i in range(self.count)})
