@@ -312,10 +312,10 @@ def _verify(tower: TowerExport, kind: ArtefactKind, built: Built, base: dict, op
             out: VariantResults, progress: Progress) -> None:
     """The gate in the kind's reference runtime decides publication; the others are recorded."""
     gate = options.gate_for(kind.variant)
-    reference, inputs = tower.gate_inputs(kind)
+    reference, samples = tower.gate_inputs(kind)
     with progress.step(f"verify {base['file']}") as step:
         try:
-            parity = measure(kind, built.path, reference_provider(kind), reference, inputs, gate, options.threads)
+            parity = measure(kind, built.path, reference_provider(kind), reference, samples, gate, options.threads)
         except Exception as exc:
             out.rejected.append(Unpublished(**base, reason=f"verification failed: {type(exc).__name__}: {exc}"))
             step["note"] = f"REJECTED: verification failed: {type(exc).__name__}"
@@ -326,7 +326,7 @@ def _verify(tower: TowerExport, kind: ArtefactKind, built: Built, base: dict, op
     if not parity.passed:
         out.rejected.append(Unpublished(**base, reason="missed its gate", accuracy=numbers, parity=parity))
         return
-    others = measure_elsewhere(kind, built.path, reference, inputs, gate, options.threads, progress, parity.runtime)
+    others = measure_elsewhere(kind, built.path, reference, samples, gate, options.threads, progress, parity.runtime)
     if kind.format == ONNX:
         inputs, outputs = io_signature(onnx.load(str(built.path), load_external_data=False))
     else:  # an IR or engine built from the plain graph takes and gives what it does (the contract)
