@@ -2,19 +2,19 @@
 
 This module is the one place where artefact facts live. A reader finds every kind here:
 
-| variant        | file (per tower)                 | format   | precision | runner      | providers (auto order)        | gate    |
-| -------------- | -------------------------------- | -------- | --------- | ----------- | ----------------------------- | ------- |
-| (plain)        | `<tower>_model.onnx`             | onnx     | fp32      | onnxruntime | tensorrt, cuda, cpu, openvino | fp32    |
-| `opt`          | `<tower>_model.opt.onnx`         | onnx     | fp32      | onnxruntime | tensorrt, cuda, cpu           | 0.99999 |
-| `int8`         | `<tower>_model.int8.onnx`        | onnx     | int8      | onnxruntime | cpu                           | 0.99    |
-| `int8-qdq`     | `vision_model.int8-qdq.onnx`     | onnx     | int8      | onnxruntime | cuda, cpu, tensorrt, openvino | 0.99    |
-| `fp16`         | `<tower>_model.fp16.onnx`        | onnx     | fp16      | onnxruntime | tensorrt, cuda, cpu           | 0.999   |
-| `ov-bf16`      | `<tower>_model.ov-bf16.xml`      | openvino | bf16      | openvino    | cpu, openvino                 | 0.999   |
-| `ov-int8`      | `vision_model.ov-int8.xml`       | openvino | int8      | openvino    | cpu, openvino                 | 0.99    |
-| `trt-fp16`     | `vision_model.fp16.engine`       | engine   | fp16      | tensorrt    | tensorrt                      | 0.999   |
-| `cuda-fp16`    | `vision_model.cuda-fp16.onnx`    | onnx     | fp16      | onnxruntime | cuda, cpu                     | 0.999   |
-| `cuda-fp16-u8` | `vision_model.cuda-fp16-u8.onnx` | onnx     | fp16      | onnxruntime | cuda, cpu                     | 0.999   |
-| `features`     | `vision_model.features.onnx`     | onnx     | fp32      | onnxruntime | tensorrt, cuda, cpu, openvino | fp32    |
+| variant        | file (per tower)                 | format   | prec.   | runner      | providers (auto order)        | gate    |
+| -------------- | -------------------------------- | -------- | ------- | ----------- | ----------------------------- | ------- |
+| (plain)        | `<tower>_model.onnx`             | onnx     | fp32    | onnxruntime | tensorrt, cuda, cpu, openvino | fp32    |
+| `opt`          | `<tower>_model.opt.onnx`         | onnx     | fp32    | onnxruntime | tensorrt, cuda, cpu           | 0.99999 |
+| `int8`         | `<tower>_model.int8.onnx`        | onnx     | int8    | onnxruntime | cpu                           | 0.99    |
+| `int8-qdq`     | `vision_model.int8-qdq.onnx`     | onnx     | int8    | onnxruntime | cuda, cpu, tensorrt, openvino | 0.99    |
+| `fp16`         | `<tower>_model.fp16.onnx`        | onnx     | fp16    | onnxruntime | tensorrt, cuda, cpu           | 0.999   |
+| `ov-bf16`      | `<tower>_model.ov-bf16.xml`      | openvino | bf16    | openvino    | cpu, openvino                 | 0.999   |
+| `ov-int8`      | `vision_model.ov-int8.xml`       | openvino | int8    | openvino    | cpu, openvino                 | 0.99    |
+| `trt-fp16`     | `vision_model.fp16.engine`       | engine   | fp16    | tensorrt    | tensorrt                      | 0.999   |
+| `cuda-fp16`    | `vision_model.cuda-fp16.onnx`    | onnx     | fp16    | onnxruntime | cuda, cpu                     | 0.999   |
+| `cuda-fp16-u8` | `vision_model.cuda-fp16-u8.onnx` | onnx     | fp16    | onnxruntime | cuda, cpu                     | 0.999   |
+| `features`     | `vision_model.features.onnx`     | onnx     | fp32    | onnxruntime | tensorrt, cuda, cpu, openvino | fp32    |
 
 (the table is `KINDS`; `tests/test_contract.py` checks this docstring against it.)
 
