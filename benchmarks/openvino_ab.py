@@ -2,17 +2,20 @@
 alternating rounds: on a shared machine whose speed drifts between minutes (this project's
 development VM), a ratio taken round by round holds better than two separate runs.
 
-    python benchmarks/openvino_ab.py ARTEFACTS [--batch-size 8] [--rounds 8] [--calls 2] [--threads 2]
+    python benchmarks/openvino_ab.py ARTEFACTS [--batch-size 8] [--rounds 8] [--calls 2] [--threads 2] [--profile]
 
 Each round times `--calls` calls of each model (median), the plain file first; it prints the
 median over rounds of each and of the per-round ratio. Compiled as benchmarks/run.py's
-openvino-default rows are: static batch, LATENCY hint, the given thread count.
+openvino-default rows are: static batch, LATENCY hint, the given thread count. `--profile`:
+afterwards, OpenVINO's per-node counters (PERF_COUNT) over 3 calls of each model: milliseconds
+per node type, and the FullyConnected layers per kernel (int8 or bf16 AMX, ...).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +28,32 @@ from runtime.errors import UserError  # noqa: E402
 from runtime.manifest import Manifest  # noqa: E402
 
 
-def _compiled(core, ov, path: Path, batch: int, size: tuple[int, int], threads: int):
+def _compiled(core, ov, path: Path, batch: int, size: tuple[int, int], threads: int, profile: bool = False):
     model = core.read_model(str(path))
     model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([batch, 3, *size])})
-    return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **({"PERF_COUNT": True} if profile else {})}
+    return core.compile_model(model, "CPU", config)
+
+
+def _profile(compiled, x: np.ndarray, calls: int = 3) -> None:
+    """Per node type, ms per call; FullyConnected split by the kernel that ran it."""
+    request = compiled.create_infer_request()
+    request.infer({0: x})
+    by_type: dict[str, float] = defaultdict(float)
+    layers: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # kernel -> [ms, count] per call
+    for _ in range(calls):
+        request.infer({0: x})
+        for node in request.profiling_info:
+            ms = node.real_time.total_seconds() * 1e3 / calls
+            by_type[node.node_type] += ms
+            if node.node_type == "FullyConnected":
+                layers[node.exec_type][0] += ms
+                layers[node.exec_type][1] += 1 / calls
+    total = sum(by_type.values())
+    print(f"    total {total:.1f} ms; " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])
+                                                  if v >= 0.01 * total))
+    for kernel, (ms, count) in sorted(layers.items()):
+        print(f"    FullyConnected on {kernel}: {round(count)} layers, {ms:.1f} ms, {ms / count:.2f} ms each")
 
 
 def main(argv=None) -> int:
@@ -38,6 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=8)
     parser.add_argument("--calls", type=positive_int, default=2, help="timed calls per model per round")
     parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--profile", action="store_true", help="then print OpenVINO's per-node-type times")
     args = parser.parse_args(argv)
     try:
         import openvino as ov
@@ -77,6 +103,11 @@ def main(argv=None) -> int:
     print(f"  {plain.file} (default precision): median {np.median(times[0]) * 1e3:.1f} ms")
     print(f"  {int8.file}: median {np.median(times[1]) * 1e3:.1f} ms")
     print(f"  ratio per round: median {np.median(ratios):.2f}, min {ratios.min():.2f}, max {ratios.max():.2f}")
+    if args.profile:
+        del models, requests  # the timed models go first: more compiled copies of the model are a lot of memory
+        for record in (plain, int8):
+            print(f"  profile of {record.file}:")
+            _profile(_compiled(core, ov, args.artefacts / record.file, args.batch_size, size, args.threads, True), x)
     return 0
 
 

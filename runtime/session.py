@@ -6,7 +6,7 @@ what is deployed. numpy + onnxruntime only.
 Providers, by name:
 - `cpu`: ONNX Runtime's CPU provider.
 - `cuda`: the CUDA provider; inputs and outputs go through IO binding with device buffers,
-  allocated once per batch size and reused (`_Bound`), and only the outputs asked for are
+  allocated once per batch size and reused (`runtime.bound.BoundBuffers`), and only the outputs asked for are
   copied back (`run(x, outputs=["pooler_output"])`: an embedding does not pay for copying
   `last_hidden_state`, as large as the input). `cuda_graph=True` adds ONNX Runtime's CUDA
   graphs, one captured graph per batch size (not on by default: not yet measured here).
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bound import BoundBuffers
 from .errors import ArtefactError, InputError, ProviderError, first_line
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
@@ -237,89 +238,6 @@ def outputs_for(path: Path, output_names: list[str], outputs) -> tuple[str, ...]
     return names
 
 
-@functools.lru_cache(maxsize=1)
-def _cudart():
-    """The CUDA runtime library ONNX Runtime's CUDA provider loaded (by soname), or None."""
-    import ctypes
-
-    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so", "cudart64_13.dll", "cudart64_12.dll"):
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    return None
-
-
-def _pin(array: np.ndarray):
-    """Page-lock `array` (cudaHostRegister) so copies from it to the GPU go by DMA at full speed;
-    returns the function that unpins it, or None where the CUDA runtime is not there or refuses."""
-    import ctypes
-
-    cudart = _cudart()
-    if cudart is None or array.nbytes == 0:
-        return None
-    pointer = ctypes.c_void_p(array.ctypes.data)
-    if cudart.cudaHostRegister(pointer, ctypes.c_size_t(array.nbytes), ctypes.c_uint(0)) != 0:
-        return None
-    return lambda: cudart.cudaHostUnregister(pointer)
-
-
-class _Bound:
-    """One batch size's input and output buffers on the session's device, bound once. A run
-    copies the input into the same buffer (`update_inplace`), runs, and copies the bound outputs
-    back: the addresses never change, which CUDA graph replay needs, and nothing is allocated per
-    call. One run at a time per buffer set (`lock`). `run_filled` has the caller write the input
-    into this set's host buffer (page-locked on a GPU) instead of handing over an array."""
-
-    def __init__(self, model: OnnxModel, batch: int, outputs: tuple[str, ...], graph_id: int | None):
-        ort, device = model._ort, model._device
-        self.lock = threading.Lock()
-        self.shape = (batch, *model.input_shape[1:])
-        self.dtype = model.input_dtype
-        self.device = device
-        self.input = ort.OrtValue.ortvalue_from_shape_and_type(self.shape, self.dtype, device, model.device_id)
-        self.binding = model.session.io_binding()
-        self.binding.bind_ortvalue_input(model.input_name, self.input)
-        for name in outputs:
-            shape = model._output_shape(name, batch)
-            if shape is None:  # an axis other than the batch is not fixed: ORT allocates it per run
-                self.binding.bind_output(name, device, model.device_id)
-            else:
-                value = ort.OrtValue.ortvalue_from_shape_and_type(shape, model._output_dtypes[name], device,
-                                                                  model.device_id)
-                self.binding.bind_ortvalue_output(name, value)
-        self.outputs = outputs
-        self.graph_id = graph_id
-        self.run_options = None
-        if graph_id is not None:
-            self.run_options = ort.RunOptions()
-            self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
-        self.host: np.ndarray | None = None  # made on the first run_filled
-        self._unpin = None
-
-    @property
-    def pinned(self) -> bool:
-        return self._unpin is not None
-
-    def run(self, session, x: np.ndarray | None = None, fill=None, check=None) -> dict[str, np.ndarray]:
-        """Run on `x`, or on what `fill(host buffer)` writes, passed through `check` (validation)."""
-        with self.lock:
-            if fill is not None:
-                if self.host is None:
-                    self.host = np.empty(self.shape, self.dtype)
-                    self._unpin = _pin(self.host) if self.device == "cuda" else None
-                fill(self.host)
-                x = check(self.host)
-            self.input.update_inplace(x)
-            session.run_with_iobinding(self.binding, self.run_options)
-            return dict(zip(self.outputs, self.binding.copy_outputs_to_cpu()))
-
-    def release(self) -> None:
-        if self._unpin is not None:
-            self._unpin()
-            self._unpin = None
-
-
 class OnnxModel:
     """An ONNX file ready to run: `OnnxModel(path).run(array) -> {output name: array}`.
 
@@ -327,7 +245,7 @@ class OnnxModel:
     threads: ONNX Runtime's intra-op thread count (None: one per physical core).
     auto_providers: what `auto` tries, in order, up to `cpu` (an artefact kind's providers,
         `runtime.contract`; an int8 file with CPU-only kernels says `("cpu",)`).
-    io_binding: run through buffers bound once per batch size (`_Bound`); None (default): on a
+    io_binding: run through buffers bound once per batch size (`runtime.bound.BoundBuffers`); None (default): on a
         GPU provider, where it saves the per-call device allocations; True: on the CPU too.
     cuda_graph: capture and replay a CUDA graph per batch size (CUDA provider only; every node
         must run on CUDA); `cuda_options`: more CUDA provider options (e.g. `sdpa_kernel`).
@@ -383,7 +301,7 @@ class OnnxModel:
         on_gpu = self.provider in (CUDA, TENSORRT)
         self._device = "cuda" if on_gpu else "cpu"
         self.io_binding = on_gpu if io_binding is None else bool(io_binding)
-        self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
+        self._bound: OrderedDict[tuple, BoundBuffers] = OrderedDict()
         self._bound_lock = threading.Lock()
         self._graph_ids = itertools.count(1)  # 0 is ORT's default id: every bound set gets its own
 
@@ -489,12 +407,12 @@ class OnnxModel:
             return self.run(x, names)
         return self._bound_set(batch, names).run(self.session, fill=fill, check=self.validate)
 
-    def _bound_set(self, batch: int, names: tuple[str, ...]) -> _Bound:
+    def _bound_set(self, batch: int, names: tuple[str, ...]) -> BoundBuffers:
         key = (batch, names)
         with self._bound_lock:
             bound = self._bound.get(key)
             if bound is None:
-                bound = self._bound[key] = _Bound(self, batch, names, next(self._graph_ids) if self.cuda_graph else None)
+                bound = self._bound[key] = BoundBuffers(self, batch, names, next(self._graph_ids) if self.cuda_graph else None)
                 while len(self._bound) > self.BOUND_SETS:
                     _, dropped = self._bound.popitem(last=False)
                     with dropped.lock:  # a run still using it finishes first
