@@ -120,10 +120,12 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def plan_backends(backends: list[Backend], manifest: Manifest, directory: Path, gpu: str | None) -> list[PlanItem]:
-    """One item per (backend, artefact) in backend order: the job to run, or `skipped` with the reason."""
+def plan_backends(backends: list[Backend], manifest: Manifest, directory: Path, gpu: str | None,
+                  variants: tuple[str, ...] | None = None) -> list[PlanItem]:
+    """One item per (backend, artefact) in backend order: the job to run, or `skipped` with the reason.
+    `variants`: only the artefacts of these variants ('plain': the unoptimised export)."""
     ort = _ort_providers()
-    vision = manifest.records("vision")
+    vision = [r for r in manifest.records("vision") if variants is None or (r.variant or "plain") in variants]
     items = []
     for backend in backends:
         reason = _environment_reason(backend, gpu, ort)

@@ -82,6 +82,17 @@ def _batch_sizes(text: str) -> list[int]:
     return sorted(set(positive_int_list(text)))
 
 
+def _variants(text: str) -> tuple[str, ...]:
+    from runtime.contract import variant_names
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ("plain", *variant_names())]
+    if not names or unknown:
+        bad = unknown[0] if unknown else text
+        raise argparse.ArgumentTypeError(f"unknown variant {bad!r} (choose from plain, {', '.join(variant_names())})")
+    return names
+
+
 def _cuda_option(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip() or not value.strip():
@@ -104,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"backends or groups, space- or comma-separated: {', '.join(BACKENDS)}; "
                              f"groups: {', '.join(GROUPS)} (default: all)")
     parser.add_argument("--batch-sizes", type=_batch_sizes, help="comma-separated (default 1,8,32; --quick 1,8)")
+    parser.add_argument("--variants", type=_variants,
+                        help="time only these artefacts, comma-separated variant names, 'plain' for the "
+                             "unoptimised export (default: every artefact of the export)")
     parser.add_argument("--threads", type=positive_int, help="intra-op threads for every backend (default: all cores)")
     parser.add_argument("--iterations", type=positive_int, help="timed calls per point (default 50; --quick 10)")
     parser.add_argument("--warmup", type=positive_int, help="untimed calls first (default 5; --quick 2)")
@@ -221,7 +235,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     vision = manifest.model.vision_config
     flops = vision_flops(vision)
     machine = machine_info(args.threads)
-    items = plan_backends(backends, manifest, directory, machine["gpu"])
+    items = plan_backends(backends, manifest, directory, machine["gpu"], args.variants)
     _progress(start, f"{directory}: image tower {flops['total'] / 1e9:.4g} GFLOP/image; "
                      f"{args.threads} threads; batch sizes {args.batch_sizes}")
     common = {"threads": args.threads, "batch_sizes": args.batch_sizes, "input_shape": pixel_shape(vision),

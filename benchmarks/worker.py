@@ -101,16 +101,15 @@ def _reason(exc: BaseException) -> str:
 
 # --- jobs -------------------------------------------------------------------------------------
 
-def prepare(job: dict) -> dict:
+def reference_tower(source: dict, config_dict: dict):
+    """The artefacts' eager image tower rebuilt from the manifest's source (preset + seed, or the
+    checkpoint), else seeded random weights; returns (tower in eval mode, how it was built)."""
     import torch
-    from safetensors.torch import save_file
 
     from siglip_export.config import config_from_dict
     from siglip_export.modeling_siglip import build_model
 
-    torch.set_num_threads(job["threads"])
-    source = job["source"]
-    config = config_from_dict(job["config"])
+    config = config_from_dict(config_dict)
     model = None
     if source.get("type") == "preset":
         torch.manual_seed(int(source.get("seed", 0)))  # as pipeline.load_model builds it
@@ -125,8 +124,15 @@ def prepare(job: dict) -> dict:
         torch.manual_seed(0)
         model = build_model(config)
         how = "random (seed 0): the artefacts' source could not be rebuilt"
-    tower = model.vision_model.eval()
-    del model  # drop the text tower
+    return model.vision_model.eval(), how  # the text tower, if any, is dropped with `model`
+
+
+def prepare(job: dict) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(job["threads"])
+    tower, how = reference_tower(job["source"], job["config"])
     weights = Path(job["out_dir"]) / "vision_tower.safetensors"
     save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(weights))
 

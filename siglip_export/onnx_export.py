@@ -117,19 +117,21 @@ def quiet(*logger_names: str):
 
 def export_tower(
     tower: SiglipVisionTransformer | SiglipTextTransformer, opset: int = DEFAULT_OPSET,
-    output_names: tuple[str, ...] = OUTPUT_NAMES,
+    output_names: tuple[str, ...] = OUTPUT_NAMES, fused_attention: bool = False,
 ) -> onnx.ModelProto:
     """Export one tower to an in-memory ONNX model with the contract's names and a `batch` axis.
     `output_names`: the module's outputs in order (the contract's two, then any extras).
 
-    The tower runs its explicit-softmax attention for the export and is restored afterwards.
+    The tower runs its explicit-softmax attention for the export (what ONNX Runtime's fusions
+    match) and is restored afterwards; `fused_attention=True` keeps scaled_dot_product_attention,
+    which opset 23 exports as the standard Attention op (benchmarks/attention_route.py).
     """
     check_opset(opset)
     spec = tower_spec(tower)
     attention = [m for m in tower.modules() if hasattr(m, "fused_attn")]
     previous = [m.fused_attn for m in attention]
     for m in attention:
-        m.fused_attn = False
+        m.fused_attn = fused_attention
     batch = torch.export.Dim(BATCH, min=1, max=4096)
     try:
         with torch.no_grad(), quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):

@@ -143,7 +143,7 @@ def test_smoke_run_on_tiny_export(tiny_artefacts, tmp_path, capsys):
 
 
 GPU_ROWS = ("torch-cuda", "torch-cuda-half-resident", "torch-compile-half", "ort-cuda", "ort-cuda-graph",
-            "ort-cuda-resident", "ort-tensorrt")
+            "ort-cuda-resident", "ort-cuda-graph-resident", "ort-tensorrt")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU: the smoke run measures the GPU backends")
@@ -163,7 +163,7 @@ def test_gpu_backends_say_why_they_cannot_run(tiny_artefacts, tmp_path, monkeypa
     reasons = {r["backend"]: r["skipped"] for r in rows}
     for name in ("torch-cuda", "torch-cuda-half-resident", "torch-compile-half"):
         assert "torch.cuda.is_available() is False" in reasons[name]
-    for name in ("ort-cuda", "ort-cuda-graph", "ort-cuda-resident"):
+    for name in ("ort-cuda", "ort-cuda-graph", "ort-cuda-resident", "ort-cuda-graph-resident"):
         assert "cuda" in reasons[name].lower()
     assert "tensorrt" in reasons["ort-tensorrt"].lower()
 
@@ -180,6 +180,21 @@ def test_no_export_is_one_line_and_exit_2(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "python export.py" in lines[0], proc.stderr
         assert proc.stdout == ""
+
+
+def test_variants_pick_the_artefacts_timed(tiny_artefacts, tmp_path):
+    proc = _cli("--artefacts", str(tiny_artefacts[0]), "--variants", "plain,warp-drive")
+    assert proc.returncode == 2 and "'warp-drive'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    out_json = tmp_path / "plain.json"
+    argv = ["--artefacts", str(tiny_artefacts[0]), "--batch-sizes", "1", "--iterations", "2", "--warmup", "1",
+            "--budget-s", "0.05", "--backends", "ort-cpu", "--variants", "plain", "--json", str(out_json)]
+    assert bench.main(argv) == 0
+    rows = json.loads(out_json.read_text())["results"]
+    assert [r["artefact"] for r in rows] == ["vision_model.onnx"], rows
+    argv[argv.index("plain")] = "int8"  # not in this export: the plain file is left out too
+    assert bench.main(argv) == 0
+    rows = json.loads(out_json.read_text())["results"]
+    assert len(rows) == 1 and rows[0]["skipped"] and "no" in rows[0]["artefact"], rows
 
 
 def test_unknown_backend_exit_2(tiny_artefacts):
@@ -200,6 +215,9 @@ def test_device_resident_and_half_modes_run_on_the_cpu(tiny_artefacts, tmp_path,
 
     twins = [backends.Backend("test-ort-resident", "cpu", backends.OrtRunner, "ORT CPU, staged inputs",
                               formats=(ONNX,), provider="cpu", resident=True),
+             backends.Backend("test-ort-bound-resident", "cpu", backends.OrtRunner,
+                              "ORT CPU, staged inputs copied into the bound buffer (as with CUDA graphs)",
+                              formats=(ONNX,), provider="cpu", resident=True, bound_resident=True),
              backends.Backend("test-torch-bf16-cast-resident", "cpu", backends.TorchRunner,
                               "torch .to(bfloat16), staged inputs", precision="bf16", cast_weights=True, resident=True)]
     for twin in twins:
@@ -212,6 +230,7 @@ def test_device_resident_and_half_modes_run_on_the_cpu(tiny_artefacts, tmp_path,
     plain = OnnxModel(path)
     eager = backends.load_vision_tower(vision, None)  # seeded random weights, as the torch twin's
     references = {"test-ort-resident": lambda x: plain.run(x)["pooler_output"],
+                  "test-ort-bound-resident": lambda x: plain.run(x)["pooler_output"],
                   "test-torch-bf16-cast-resident": lambda x: eager(torch.from_numpy(x))[1].detach().numpy()}
     for twin in twins:
         reference = {str(b): references[twin.name](worker.make_inputs(shape, b, 1, 0)[0]) for b in (1, 2)}
@@ -224,4 +243,4 @@ def test_device_resident_and_half_modes_run_on_the_cpu(tiny_artefacts, tmp_path,
         assert [r["batch_size"] for r in result["rows"]] == [1, 2]
         for row in result["rows"]:
             assert "skipped" not in row and row["p50_ms"] > 0, row
-            assert row["min_cosine"] >= (0.99999 if twin.name == "test-ort-resident" else 0.99), row
+            assert row["min_cosine"] >= (0.99999 if twin.name.startswith("test-ort") else 0.99), row
