@@ -240,3 +240,27 @@ def test_cuda_fp16_on_the_gpu(exported):
     expected = plain.run(x, outputs="pooler_output")["pooler_output"]
     for _ in range(3):  # capture, then replays
         np.testing.assert_allclose(graphs.run(x, outputs="pooler_output")["pooler_output"], expected, atol=1e-3)
+
+
+def test_attention_route_probe_runs_on_the_cpu(exported, tmp_path, capsys):
+    """benchmarks/attention_route.py (issue 11's route choice) on the CPU provider: the opset-23
+    file is all standard Attention in fp16, both files hold the gate, every batch size is timed."""
+    import json
+
+    from benchmarks import attention_route
+
+    out, _ = exported
+    layers = tiny_config().vision_config.num_hidden_layers
+    argv = [str(out), "--backend", "ort-cpu", "--batch-sizes", "1,2", "--rounds", "2", "--calls", "2",
+            "--threads", "2", "--json", str(tmp_path / "route.json")]
+    assert attention_route.main(argv) == 0
+    result = json.loads((tmp_path / "route.json").read_text())
+    assert result["ops_route"]["Attention"] == layers + 1  # the encoder's and the pooling head's
+    assert "Softmax" not in result["ops_route"] and result["ops_route"]["Cast"] == 3
+    assert len(result["accuracy"]) == 2 and min(result["accuracy"].values()) >= KINDS["cuda-fp16"].gate
+    assert set(result["coverage"].values()) == {"n/a (the CPU provider)"}
+    assert all(set(times) == {"1", "2"} for times in result["p50_ms"].values())
+    assert "| route / fusions" in capsys.readouterr().out
+    assert attention_route.main([str(out), "--backend", "torch-cuda-half"]) == 2  # not an ONNX Runtime row
+    assert attention_route.main([str(tmp_path), "--backend", "ort-cpu"]) == 2  # no export there
+    assert "python export.py" in capsys.readouterr().err
