@@ -28,18 +28,11 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtime.cli_support import ArgumentParser, positive_int  # noqa: E402
+from runtime.cli_support import ArgumentParser, positive_int, positive_int_list  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
 from runtime.parity import min_row_cosine  # noqa: E402
 
 ROUTE_OPSET = 23
-
-
-def _batch_sizes(text: str) -> list[int]:
-    sizes = [int(t) for t in text.split(",") if t.strip().isdigit() and int(t) > 0]
-    if not sizes or len(sizes) != len(text.split(",")):
-        raise ValueError(text)
-    return sizes
 
 
 def build_route(tower, out: Path) -> dict:
@@ -77,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python benchmarks/attention_route.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("artefacts", type=Path, help="an export with --variants cuda-fp16")
     parser.add_argument("--backend", default="ort-cuda-resident", help="a benchmarks/run.py ONNX Runtime backend")
-    parser.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 256], help="comma-separated (default 1,256)")
+    parser.add_argument("--batch-sizes", type=positive_int_list, default=[1, 256], help="comma-separated (default 1,256)")
     parser.add_argument("--rounds", type=positive_int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--calls", type=positive_int, default=10, help="timed calls per file per round (default 10)")
     parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
@@ -107,7 +100,7 @@ def run(args) -> int:
     fused = manifest.find("vision", "cuda-fp16")
     if fused is None:
         raise UserError(f"{directory} has no cuda-fp16 image tower: export with --variants cuda-fp16")
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(threads)
     tower, how = reference_tower(manifest.source, manifest.model.config)
     size = int(manifest.model.vision_config["image_size"])

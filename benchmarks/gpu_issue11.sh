@@ -10,8 +10,9 @@
 #           while the gpu-marked tests run beside it (both mostly CPU work)
 #   cli     `python -m runtime embed --provider auto` and `--provider tensorrt` (one line each?)
 #   ort     ORT CUDA rows: host-to-host, CUDA graphs, device-resident, both (b 1, 8, 64, 256)
-#   torch   anchors: .half() eager and torch.compile fp16, host-to-host and device-resident
+#   torch   anchors: .half() eager in both modes, torch.compile fp16 device-resident
 #   route   the opset-23 standard Attention route against cuda-fp16 (benchmarks/attention_route.py)
+#   compile torch.compile fp16 host-to-host
 #   sdpa    the attention kernel: sdpa_kernel 1 (flash) and 2 (memory-efficient) against the default
 #   plain   the unoptimised fp32 file through the runtime's CUDA path
 # A single step runs alone with its name instead of `all`. Logs go to ${LOG:-/tmp/gpu11-logs} and,
@@ -83,16 +84,17 @@ step() {
     export) step_export ;;
     cli) step_cli ;;
     ort) bench ort 240 ort-cuda,ort-cuda-graph,ort-cuda-resident,ort-cuda-graph-resident --variants cuda-fp16,cuda-fp16-u8 ;;
-    torch) bench torch 300 torch-cuda-half,torch-cuda-half-resident,torch-compile-half,torch-compile-half-resident ;;
+    torch) bench torch 300 torch-cuda-half,torch-cuda-half-resident,torch-compile-half-resident ;;
+    compile) bench compile 150 torch-compile-half ;;  # host-to-host; Inductor's cache has the graphs by now
     route) step_route ;;
     sdpa) for k in 1 2; do BATCHES=1,256 bench "sdpa$k" 60 ort-cuda-resident --variants cuda-fp16 --cuda-option "sdpa_kernel=$k"; done ;;
     plain) BATCHES=1,256 bench plain 60 ort-cuda,ort-cuda-resident --variants plain ;;
-    *) echo "usage: bash benchmarks/gpu_issue11.sh all|export|cli|ort|torch|route|sdpa|plain" >&2; exit 2 ;;
+    *) echo "usage: bash benchmarks/gpu_issue11.sh all|export|cli|ort|torch|route|compile|sdpa|plain" >&2; exit 2 ;;
   esac
 }
 
 if [ "${1:-}" = all ]; then
-  for s in export cli ort torch route sdpa plain; do step "$s"; done
+  for s in export cli ort torch route compile sdpa plain; do step "$s"; done
 else
   step "${1:-}"
 fi
