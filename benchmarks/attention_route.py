@@ -84,11 +84,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    import os
-
     import torch
 
     from benchmarks.backends import BACKENDS, OrtRunner
+    from benchmarks.machine import usable_cores
     from benchmarks.plan import _PROVIDER_NAMES, load_manifest
     from benchmarks.worker import make_inputs, measure, reference_tower
 
@@ -100,7 +99,7 @@ def run(args) -> int:
     fused = manifest.find("vision", "cuda-fp16")
     if fused is None:
         raise UserError(f"{directory} has no cuda-fp16 image tower: export with --variants cuda-fp16")
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
     tower, how = reference_tower(manifest.source, manifest.model.config)
     size = int(manifest.model.vision_config["image_size"])
@@ -124,7 +123,9 @@ def run(args) -> int:
         for name, runner in runners.items():
             staged = runner.stage([x.astype(runner.input_dtype, copy=False)])
             accuracy[name] = min_row_cosine(runner.for_batch(8)(staged[0]), reference)
-        results = {name: {} for name in files}
+        p50 = {name: {} for name in files}  # per file, per batch size: the median over rounds
+        ratios = {}  # per batch size: the median of the rounds' route / fusions ratios
+        fusions, route_name = files
         for batch in args.batch_sizes:
             inputs = make_inputs(shape, batch, 2, 0)
             calls = {name: (r.for_batch(batch), r.stage(inputs)) for name, r in runners.items()}
@@ -134,23 +135,22 @@ def run(args) -> int:
                     stats, _ = measure(call, staged, batch, 3 if round_ == 0 else 1, args.calls, budget_s=30.0)
                     per_round[name].append(stats["p50_ms"])
             for name in files:
-                results[name][str(batch)] = float(np.median(per_round[name]))
-            first, second = files
-            ratio = float(np.median(np.array(per_round[second]) / np.array(per_round[first])))
-            results.setdefault("ratio_route_over_fusions", {})[str(batch)] = ratio
-    print(f"\n{backend.name} ({runners[first].provider}); eager reference: {how}")
+                p50[name][str(batch)] = float(np.median(per_round[name]))
+            ratios[str(batch)] = float(np.median(np.array(per_round[route_name]) / np.array(per_round[fusions])))
+    print(f"\n{backend.name} ({runners[fusions].provider}); eager reference: {how}")
     print("| file | runs every node on the provider | pooler cos vs eager fp32 | " +
           " | ".join(f"b{b} p50 ms" for b in args.batch_sizes) + " |")
     print("| --- | --- | ---: | " + " | ".join("---:" for _ in args.batch_sizes) + " |")
     for name in files:
         print(f"| {name} | {coverage[name]} | {accuracy[name]:.6f} | " +
-              " | ".join(f"{results[name][str(b)]:.3f}" for b in args.batch_sizes) + " |")
+              " | ".join(f"{p50[name][str(b)]:.3f}" for b in args.batch_sizes) + " |")
     print("| route / fusions (median per-round ratio) | | | " +
-          " | ".join(f"{results['ratio_route_over_fusions'][str(b)]:.2f}x" for b in args.batch_sizes) + " |")
+          " | ".join(f"{ratios[str(b)]:.2f}x" for b in args.batch_sizes) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"backend": backend.name, "provider": runners[first].provider,
+        args.json.write_text(json.dumps({"backend": backend.name, "provider": runners[fusions].provider,
                                          "ops_route": counts, "coverage": coverage, "accuracy": accuracy,
-                                         "p50_ms": results, "rounds": args.rounds, "calls": args.calls}, indent=1))
+                                         "p50_ms": p50, "ratio_route_over_fusions": ratios,
+                                         "rounds": args.rounds, "calls": args.calls}, indent=1))
     return 0
 
 

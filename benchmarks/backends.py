@@ -213,43 +213,13 @@ class OrtRunner(Runner):
     def _graph_resident(self, batch: int):
         """Device-resident with a CUDA graph: the graph reads fixed addresses, so each call first
         copies the staged input, on the device, into the batch size's bound input buffer."""
-        model = self.model
-        bound = model._bound_set(batch, ("pooler_output",))
-
-        def run(x) -> np.ndarray:
-            with bound.lock:
-                device_copy(x, bound.input)
-                model.session.run_with_iobinding(bound.binding, bound.run_options)
-                return bound.binding.copy_outputs_to_cpu()[0]
-
-        return run
+        model, bound = self.model, self.model._bound_set(batch, ("pooler_output",))
+        return lambda x: bound.run(model.session, x)["pooler_output"]
 
     def peak_device_mb(self):
         import os
 
         return _nvidia_smi_process_mb(os.getpid()) if self.device == "cuda" else None
-
-
-def device_copy(source, target) -> None:
-    """Copy one OrtValue into another of the same size on the same device (cudaMemcpy device to
-    device, then a device synchronise, as ONNX Runtime's stream does not order after it)."""
-    import ctypes
-
-    from runtime.bound import _cudart
-
-    size = source.tensor_size_in_bytes()
-    if size != target.tensor_size_in_bytes():
-        raise ValueError(f"cannot copy {size} bytes into a buffer of {target.tensor_size_in_bytes()}")
-    if target.device_name().lower() == "cpu":
-        target.update_inplace(source.numpy())
-        return
-    cudart = _cudart()
-    if cudart is None:
-        raise RuntimeError("no CUDA runtime library to copy on the device with")
-    status = cudart.cudaMemcpy(ctypes.c_void_p(target.data_ptr()), ctypes.c_void_p(source.data_ptr()),
-                               ctypes.c_size_t(size), ctypes.c_int(3))  # cudaMemcpyDeviceToDevice
-    if status != 0 or cudart.cudaDeviceSynchronize() != 0:
-        raise RuntimeError(f"cudaMemcpy device to device failed (CUDA error {status})")
 
 
 # --- OpenVINO ---------------------------------------------------------------------------------

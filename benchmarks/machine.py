@@ -27,6 +27,11 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), the default thread count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def nvidia_gpu() -> str | None:
     """The first GPU's name, None without an NVIDIA driver."""
     from runtime.session import gpu_name, nvidia_driver_present
@@ -55,7 +60,7 @@ def machine_info(threads: int) -> dict:
     return {
         "cpu_model": model,
         "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_usable": usable_cores(),
         "threads": threads,
         "isa": {flag: flag in flags for flag in ISA_FLAGS},
         "memory_mb": total_mb,

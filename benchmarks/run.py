@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository
 from benchmarks.backends import BACKENDS, GROUPS, floor_key  # noqa: E402
 from benchmarks.dispatch import measure_floors, merge_rates, run_worker  # noqa: E402
 from benchmarks.flops import gemm_shapes, pixel_shape, vision_flops  # noqa: E402
-from benchmarks.machine import CpuContention, machine_info  # noqa: E402
+from benchmarks.machine import CpuContention, machine_info, usable_cores  # noqa: E402
 from benchmarks.plan import PlanItem, load_manifest, plan_backends, select_backends  # noqa: E402
 from benchmarks.report import format_ms, markdown, plot  # noqa: E402
 from runtime.cli_support import ArgumentParser, positive_int, positive_int_list  # noqa: E402
@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be > 0, got {args.budget_s}")
     if args.threads is None:
-        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        args.threads = usable_cores()
     args.command = " ".join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
     return args
 

@@ -5,6 +5,7 @@ numpy + onnxruntime (through the session) + ctypes only."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import threading
 from typing import TYPE_CHECKING
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 @functools.lru_cache(maxsize=1)
 def _cudart():
     """The CUDA runtime library ONNX Runtime's CUDA provider loaded (by soname), or None."""
-    import ctypes
-
     for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so", "cudart64_13.dll", "cudart64_12.dll"):
         try:
             return ctypes.CDLL(name)
@@ -31,8 +30,6 @@ def _cudart():
 def _pin(array: np.ndarray):
     """Page-lock `array` (cudaHostRegister) so copies from it to the GPU go by DMA at full speed;
     returns the function that unpins it, or None where the CUDA runtime is not there or refuses."""
-    import ctypes
-
     cudart = _cudart()
     if cudart is None or array.nbytes == 0:
         return None
@@ -40,6 +37,25 @@ def _pin(array: np.ndarray):
     if cudart.cudaHostRegister(pointer, ctypes.c_size_t(array.nbytes), ctypes.c_uint(0)) != 0:
         return None
     return lambda: cudart.cudaHostUnregister(pointer)
+
+
+def device_copy(source, target) -> None:
+    """Copy one OrtValue into another of the same size on the same device: `update_inplace` on
+    the CPU; on a GPU cudaMemcpy device to device, then a device synchronise, as ONNX Runtime's
+    stream is not ordered after it."""
+    size = source.tensor_size_in_bytes()
+    if size != target.tensor_size_in_bytes():
+        raise ValueError(f"cannot copy {size} bytes into a buffer of {target.tensor_size_in_bytes()}")
+    if target.device_name().lower() == "cpu":
+        target.update_inplace(source.numpy())
+        return
+    cudart = _cudart()
+    if cudart is None:
+        raise RuntimeError("no CUDA runtime library to copy on the device with")
+    status = cudart.cudaMemcpy(ctypes.c_void_p(target.data_ptr()), ctypes.c_void_p(source.data_ptr()),
+                               ctypes.c_size_t(size), ctypes.c_int(3))  # cudaMemcpyDeviceToDevice
+    if status != 0 or cudart.cudaDeviceSynchronize() != 0:
+        raise RuntimeError(f"cudaMemcpy device to device failed (CUDA error {status})")
 
 
 class BoundBuffers:
@@ -79,8 +95,9 @@ class BoundBuffers:
     def pinned(self) -> bool:
         return self._unpin is not None
 
-    def run(self, session, x: np.ndarray | None = None, fill=None, check=None) -> dict[str, np.ndarray]:
-        """Run on `x`, or on what `fill(host buffer)` writes, passed through `check` (validation)."""
+    def run(self, session, x=None, fill=None, check=None) -> dict[str, np.ndarray]:
+        """Run on `x` (a host array, or an OrtValue already on the session's device: copied there
+        into the bound input), or on what `fill(host buffer)` writes, passed through `check`."""
         with self.lock:
             if fill is not None:
                 if self.host is None:
@@ -88,7 +105,10 @@ class BoundBuffers:
                     self._unpin = _pin(self.host) if self.device == "cuda" else None
                 fill(self.host)
                 x = check(self.host)
-            self.input.update_inplace(x)
+            if isinstance(x, np.ndarray):
+                self.input.update_inplace(x)
+            else:
+                device_copy(x, self.input)
             session.run_with_iobinding(self.binding, self.run_options)
             return dict(zip(self.outputs, self.binding.copy_outputs_to_cpu()))
 

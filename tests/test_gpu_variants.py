@@ -259,7 +259,8 @@ def test_attention_route_probe_runs_on_the_cpu(exported, tmp_path, capsys):
     assert "Softmax" not in result["ops_route"] and result["ops_route"]["Cast"] == 3
     assert len(result["accuracy"]) == 2 and min(result["accuracy"].values()) >= KINDS["cuda-fp16"].gate
     assert set(result["coverage"].values()) == {"n/a (the CPU provider)"}
-    assert all(set(times) == {"1", "2"} for times in result["p50_ms"].values())
+    assert len(result["p50_ms"]) == 2 and all(set(times) == {"1", "2"} for times in result["p50_ms"].values())
+    assert set(result["ratio_route_over_fusions"]) == {"1", "2"}
     assert "| route / fusions" in capsys.readouterr().out
     assert attention_route.main([str(out), "--backend", "torch-cuda-half"]) == 2  # not an ONNX Runtime row
     assert attention_route.main([str(tmp_path), "--backend", "ort-cpu"]) == 2  # no export there
