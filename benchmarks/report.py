@@ -29,7 +29,9 @@ def markdown(result: dict) -> str:
          f"{model['gflops_per_image']:.4g} GFLOP per image. Eager weights: {model.get('eager_weights') or 'n/a'}."),
         (f"{machine['cpu_model']}, {machine['cores']} cores ({isa}), GPU: {machine['gpu'] or 'none'}; "
          f"{run['threads']} threads; other processes used "
-         f"{100 * run.get('other_processes_cpu_fraction', 0.0):.0f}% of the CPU during the run."),
+         f"{100 * run.get('other_processes_cpu_fraction', 0.0):.0f}% of the CPU during the run."
+         + (f" {run['rounds']} rounds, alternating, each point's calls pooled (each round's p50 in the JSON)."
+            if run.get("rounds", 1) > 1 else "")),
         ("fp32 floor (FLOPs / ONNX Runtime MatMul rate): "
          + ", ".join(f"b{b} {ms:.3g} ms" for b, ms in result["floor_ms"].items()) + "."),
         "",

@@ -3,9 +3,12 @@ against the physical floor (the model's FLOPs / this machine's GEMM rate, measur
 
     python benchmarks/run.py [--quick] [--json FILE] [--plot FILE.png] [--artefacts DIR]
                              [--backends NAME ...] [--batch-sizes 1,8,32] [--threads N]
-                             [--iterations N] [--warmup N] [--budget-s S] [--inputs N] [--seed N]
+                             [--iterations N] [--warmup N] [--budget-s S] [--rounds N] [--inputs N] [--seed N]
 
 Every backend runs in a fresh worker process (benchmarks/worker.py) so peak memory is its own.
+With `--rounds N` the whole plan runs N times, forwards then backwards, and each point pools its
+calls from every round: on a shared machine whose speed drifts between minutes, the ratios of one
+run then compare backends over the same stretch of time.
 Which backend runs which artefact is planned from the manifest's records (benchmarks/plan.py).
 A backend that cannot run here is reported as skipped, with the reason, in the table and the
 JSON. The Markdown table goes to stdout, progress to stderr. JSON and plot are written only
@@ -27,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +41,7 @@ from benchmarks.flops import gemm_shapes, pixel_shape, vision_flops  # noqa: E40
 from benchmarks.machine import CpuContention, machine_info, usable_cores  # noqa: E402
 from benchmarks.plan import PlanItem, load_manifest, plan_backends, select_backends  # noqa: E402
 from benchmarks.report import format_ms, markdown, plot  # noqa: E402
+from benchmarks.worker import summarise  # noqa: E402
 from runtime.cli_support import ArgumentParser, positive_int, positive_int_list  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
 from runtime.manifest import MANIFEST, Manifest  # noqa: E402
@@ -71,6 +77,8 @@ class Row:
     load_s: float | None = None
     rss_after_load_mb: float | None = None
     other_processes_cpu_fraction: float | None = None  # others' share of the CPU while it ran
+    rounds_p50_ms: list[float] | None = None  # each round's own p50 (--rounds), in the order run
+    samples_ms: list[float] | None = None  # every timed call, pooled over the rounds
 
 
 ROW_KEYS = tuple(f.name for f in dataclasses.fields(Row))  # every row carries them (the JSON schema)
@@ -124,6 +132,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float,
                         help="stop timing a point after this many seconds, with at least 3 calls "
                              "(default 60; --quick 4)")
+    parser.add_argument("--rounds", type=positive_int, default=1,
+                        help="run every backend this many times, in alternating order, and pool each point's "
+                             "timed calls (--iterations per round): on a machine whose speed drifts, the ratios "
+                             "between backends then compare the same stretch of time (default 1)")
     parser.add_argument("--inputs", type=positive_int, default=4,
                         help="distinct inputs cycled through per batch size, so caches do not flatter (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
@@ -203,6 +215,43 @@ def _run_item(item: PlanItem, index: int, job_base: dict, prepared: dict, scratc
     return [Row(**_base(item, b), skipped=item.skipped) for b in batch_sizes]
 
 
+def _run_rounds(items: list[PlanItem], rounds: int, job_base: dict, prepared: dict, scratch: Path,
+                start: float) -> list[Row]:
+    """Every item timed `rounds` times, forwards then backwards through the plan (each item's
+    rounds then straddle the others'), each round in a fresh worker; each point's calls pooled."""
+    runs: dict[tuple[int, int], list[Row]] = {}
+    for round_ in range(rounds):
+        if rounds > 1:
+            _progress(start, f"round {round_ + 1} of {rounds}")
+        order = list(enumerate(items))
+        for index, item in order if round_ % 2 == 0 else order[::-1]:
+            for row in _run_item(item, index, job_base, prepared, scratch, start):
+                runs.setdefault((index, row.batch_size), []).append(row)
+    return [_pooled(runs[key]) for key in sorted(runs)]
+
+
+def _pooled(rows: list[Row]) -> Row:
+    """One point's rounds as one row: statistics over all their calls (worker.summarise); the
+    worst accuracy and the highest memory seen; skipped if any round was."""
+    first = rows[0]
+    if any(r.skipped is not None for r in rows):
+        return next(r for r in rows if r.skipped is not None)
+    if len(rows) == 1:
+        return dataclasses.replace(first, rounds_p50_ms=[first.p50_ms])
+    stats = summarise(np.concatenate([r.samples_ms for r in rows]), first.batch_size)
+    cosines = [r.min_cosine for r in rows if r.min_cosine is not None]
+
+    def highest(key: str) -> float | None:
+        return max((getattr(r, key) for r in rows if getattr(r, key) is not None), default=None)
+
+    return dataclasses.replace(
+        first, **stats, rounds_p50_ms=[r.p50_ms for r in rows], min_cosine=min(cosines) if cosines else None,
+        warmup=sum(r.warmup for r in rows), peak_rss_mb=highest("peak_rss_mb"), peak_device_mb=highest("peak_device_mb"),
+        load_s=highest("load_s"), rss_after_load_mb=highest("rss_after_load_mb"),
+        other_processes_cpu_fraction=highest("other_processes_cpu_fraction"),
+        notes=list(dict.fromkeys(n for r in rows for n in r.notes)))
+
+
 def _base(item: PlanItem, batch: int) -> dict:
     return {"backend": item.backend.name, "artefact": item.artefact, "precision": item.precision,
             "batch_size": batch, "device": item.device}
@@ -251,8 +300,7 @@ def benchmark(args: argparse.Namespace) -> dict:
                      "windows": 3 if args.quick else 5,
                      "window_s": min(0.1 if args.quick else 0.25, args.budget_s / 10), **gemm_shapes(vision)}
         rates_before = measure_floors(_expected_floors(items, machine), floor_job, scratch, "before")
-        rows = [row for index, item in enumerate(items)
-                for row in _run_item(item, index, job_base, prepared, scratch, start)]
+        rows = _run_rounds(items, args.rounds, job_base, prepared, scratch, start)
         # Measured again afterwards, also for any precision a backend turned out to use that was
         # not expected; each rate is the better of the two runs.
         measured = [r for r in rows if r.skipped is None]
@@ -286,7 +334,7 @@ def _run_info(args: argparse.Namespace, directory: Path, contention: CpuContenti
     return {
         "command": args.command,
         "quick": args.quick, "threads": args.threads, "batch_sizes": args.batch_sizes,
-        "iterations": args.iterations, "warmup": args.warmup, "budget_s": args.budget_s,
+        "iterations": args.iterations, "warmup": args.warmup, "budget_s": args.budget_s, "rounds": args.rounds,
         "inputs_per_batch": args.inputs, "seed": args.seed, "artefacts": str(directory),
         "cuda_options": dict(args.cuda_option),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -80,7 +80,12 @@ def measure(run, inputs: list, batch: int, warmup: int, iterations: int, budget_
         times.append(time.perf_counter() - t0)
         if time.perf_counter() - started > budget_s and len(times) >= min_iterations:
             break
-    ms = np.array(times) * 1e3
+    return {**summarise(np.array(times) * 1e3, batch), "warmup": max(warmup, 1)}, np.asarray(first)
+
+
+def summarise(ms: np.ndarray, batch: int) -> dict:
+    """Statistics of timed calls (milliseconds, `batch` rows each); the calls themselves too, so a
+    run of several rounds (run.py --rounds) can pool them."""
     return {
         "p50_ms": float(np.percentile(ms, 50)),
         "p90_ms": float(np.percentile(ms, 90)),
@@ -89,8 +94,8 @@ def measure(run, inputs: list, batch: int, warmup: int, iterations: int, budget_
         "min_ms": float(ms.min()),
         "throughput_ips": float(batch * len(ms) / (ms.sum() / 1e3)),
         "iterations": len(ms),
-        "warmup": max(warmup, 1),
-    }, np.asarray(first)
+        "samples_ms": [round(float(t), 4) for t in ms],
+    }
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_vision_config
@@ -195,6 +196,31 @@ def test_variants_pick_the_artefacts_timed(tiny_artefacts, tmp_path):
     assert bench.main(argv) == 0
     rows = json.loads(out_json.read_text())["results"]
     assert len(rows) == 1 and rows[0]["artefact"].startswith("no ") and "has no image-tower" in rows[0]["skipped"], rows
+
+
+def test_rounds_pool_each_points_calls(tiny_artefacts, tmp_path, capsys):
+    """--rounds N: every backend runs N times (a fresh worker each), and each point's statistics
+    cover all its rounds' calls."""
+    out_json = tmp_path / "rounds.json"
+    argv = ["--artefacts", str(tiny_artefacts[0]), "--batch-sizes", "1,2", "--iterations", "3", "--warmup", "1",
+            "--budget-s", "5", "--backends", "ort-cpu,torch-eager", "--variants", "plain", "--rounds", "3",
+            "--json", str(out_json)]
+    assert bench.main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(out_json.read_text())
+    assert result["run"]["rounds"] == 3 and "3 rounds, alternating" in captured.out
+    assert captured.err.count("ort-cpu vision_model.onnx (fp32): b1") == 3, captured.err
+    rows = result["results"]
+    assert sorted((r["backend"], r["batch_size"]) for r in rows) == [
+        ("ort-cpu", 1), ("ort-cpu", 2), ("torch-eager", 1), ("torch-eager", 2)]
+    for row in rows:
+        check_row(row)
+        assert row["skipped"] is None, row
+        assert len(row["rounds_p50_ms"]) == 3 and row["iterations"] == 9 == len(row["samples_ms"]), row
+        assert min(row["rounds_p50_ms"]) <= row["p50_ms"] <= max(row["rounds_p50_ms"])
+        assert row["p50_ms"] == pytest.approx(float(np.median(row["samples_ms"])), rel=1e-3)
+    proc = _cli("--artefacts", str(tiny_artefacts[0]), "--rounds", "0")
+    assert proc.returncode == 2 and "--rounds" in proc.stderr and proc.stdout == "", proc.stderr
 
 
 def test_unknown_backend_exit_2(tiny_artefacts):
