@@ -38,11 +38,14 @@ class OpenVinoModel:
             raise ArtefactError(f"model file not found: {self.path}")
         if self.path.suffix == ".xml" and not self.path.with_suffix(".bin").is_file():
             raise ArtefactError(f"{self.path.with_suffix('.bin')} (the weights of {self.path.name}) is missing")
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            precision = "f32"  # the fall back, asked for: OpenVINO's own guess may differ from what it reports
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
-            self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+            self.compiled = core.compile_model(str(self.path), "CPU", config)
         except Exception as exc:
             raise ArtefactError(f"cannot load {self.path} in OpenVINO: {first_line(exc)}") from None
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what really runs

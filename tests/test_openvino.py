@@ -97,6 +97,23 @@ def test_bf16_default_is_what_the_f32_hint_avoids(tiny_artefacts, photos32):
         assert error <= 1e-4
 
 
+def test_runner_asks_for_f32_where_the_cpu_reports_no_bf16(tiny_artefacts, monkeypatch):
+    """OpenVINO's own choice of precision follows the CPU it detects, which may differ from the
+    capabilities it reports (a CPU without bf16 is emulated here by hiding BF16)."""
+    from runtime.openvino_model import OpenVinoModel
+
+    artefacts, _ = tiny_artefacts
+    reported = ov.Core.get_property
+
+    def without_bf16(self, *args):
+        value = reported(self, *args)
+        return [c for c in value if c != "BF16"] if args[-1:] == ("OPTIMIZATION_CAPABILITIES",) else value
+
+    monkeypatch.setattr(ov.Core, "get_property", without_bf16)
+    model = OpenVinoModel(artefacts / "vision_model.onnx", precision="bf16")
+    assert model.precision == "f32" and model.provider == "OpenVINO CPU (f32)"
+
+
 @pytest.fixture(scope="module")
 def variant_export(tmp_path_factory):
     from conftest import hf_model, tiny_config
