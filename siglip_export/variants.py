@@ -9,6 +9,7 @@ users deploy) and compared with the eager model on the photos and random inputs.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -95,6 +96,7 @@ class TowerExport:
 # row, and a static int8 file's worst row on noise varies with the sample, so the search sees more.
 SEARCH_ROWS = 64
 PROBE_ROWS = 4  # of the calibration inputs and of the random ones, for the per-node sensitivity
+RACE_ROWS = 8  # batch of the timed calls when two passing int8 files race (int8_search._race)
 
 Builder = Callable[["VariantBuilder", ArtefactKind, Path], Built]
 BUILDERS: dict[str, Builder] = {}
@@ -170,8 +172,19 @@ class VariantBuilder:
             model = open_runner(kind, candidate, provider=reference_provider(kind), threads=self.options.threads)
             return min(min_row_cosine(model.run(x)["pooler_output"], ref) for x, ref in zip(batches, references))
 
+        def latency(candidate: Path) -> float:  # seconds per call at batch RACE_ROWS, best of two after a warm-up
+            model = open_runner(kind, candidate, provider=reference_provider(kind), threads=self.options.threads)
+            x = batches[-1][:RACE_ROWS]
+            model.run(x)
+            seconds = []
+            for _ in range(2):
+                started = time.perf_counter()
+                model.run(x)
+                seconds.append(time.perf_counter() - started)
+            return min(seconds)
+
         report, search = accuracy_aware(source, path, build, score, calibration, probes,
-                                        self.options.gate_for(kind.variant).min_cosine, op_types)
+                                        self.options.gate_for(kind.variant).min_cosine, op_types, latency)
         data_files = self.restamp(path, kind.variant) if kind.format == ONNX else []
         return Built(path, {**report, "search": search.record()}, data_files)
 

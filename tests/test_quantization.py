@@ -22,6 +22,7 @@ from runtime import ImageEncoder, ProviderError
 from runtime.contract import KINDS, runtime_of
 from runtime.manifest import Manifest
 from runtime.session import OnnxModel
+from siglip_export import outlier_split
 from siglip_export.int8_search import Candidate, search, target_for
 from siglip_export.optimize import VariantFailed
 from siglip_export.pipeline import ExportOptions, run_export
@@ -89,6 +90,10 @@ def test_int8_search_is_recorded(stressed):
         assert found["reached_min_cosine"] >= found["target_min_cosine"]
         assert 0 <= found["float_share_of_macs"] <= 0.5 and len(found["kept_float"]) < found["candidates"]
         assert found["seconds"] >= 0 and set(found["smoothquant"]) >= {"alpha", "used", "all_quantised_min_cosine"}
+        split = found["outlier_split"]
+        assert set(split) >= {"ratio", "products_split", "used"} and not (split["used"] and found["smoothquant"]["used"])
+        if split["used"]:  # published from the split source: it passed its own search
+            assert split["products_split"] > 0 and split["kept_float"] == len(found["kept_float"])
         if record.variant == "int8":  # what stayed in float is what the file has in float
             attention = sum(1 for n in found["kept_float"] if n.startswith("Attention"))
             assert record.build["quantized_ops"]["QAttention"] == tiny_config().vision_config.num_hidden_layers - attention
@@ -110,10 +115,17 @@ def test_search_finds_the_fewest_in_float():
         search(candidates, trial, target=0.999)
 
 
-def test_smoothquant_keeps_the_float_model(tmp_path):
-    ckpt = write_stress_checkpoint(tmp_path / "ckpt", tiny_vision_config(), "outliers")
-    run_export(ExportOptions(checkpoint=ckpt, output_dir=tmp_path / "o", verify_batch_sizes=(2,)), emit=None)
-    path = tmp_path / "o" / "vision_model.onnx"
+@pytest.fixture(scope="module")
+def outliers_onnx(tmp_path_factory):
+    """The plain export of the tiny `outliers` stress checkpoint."""
+    base = tmp_path_factory.mktemp("outliers_onnx")
+    ckpt = write_stress_checkpoint(base / "ckpt", tiny_vision_config(), "outliers")
+    run_export(ExportOptions(checkpoint=ckpt, output_dir=base / "o", verify_batch_sizes=(2,)), emit=None)
+    return base / "o" / "vision_model.onnx"
+
+
+def test_smoothquant_keeps_the_float_model(outliers_onnx, tmp_path):
+    path = outliers_onnx
     model = onnx.load(str(path))
     names = norm_outputs(model)
     assert len(names) == 2 * tiny_vision_config().num_hidden_layers + 1  # both norms per layer, and the head's
@@ -124,6 +136,74 @@ def test_smoothquant_keeps_the_float_model(tmp_path):
     before = OnnxModel(path).run(x)["pooler_output"]
     after = OnnxModel(tmp_path / "smoothed.onnx").run(x)["pooler_output"]
     assert np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
+
+
+def _channel_peaks(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    from siglip_export.int8_search import _Recorder
+
+    return {n: np.abs(v).reshape(-1, v.shape[-1]).max(axis=0) for n, v in _Recorder(onnx.load(str(path)), names)(x).items()}
+
+
+def test_outlier_split_keeps_the_float_model(outliers_onnx, tmp_path):
+    model = onnx.load(str(outliers_onnx))
+    names = outlier_split.activations(model)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    peaks = _channel_peaks(outliers_onnx, names, x)
+    with_outliers = [n for n in names if len(outlier_split.outlier_channels(peaks[n]))]
+    assert with_outliers  # the stress checkpoint's normalised activations carry them
+    assert outlier_split.split(model, peaks) >= len(with_outliers)
+    onnx.save(model, str(tmp_path / "split.onnx"))
+    parts = [n for n in model.graph.node if n.name.endswith(outlier_split.SUFFIX)]
+    assert parts and all(n.op_type == "MatMul" for n in parts)
+    before = OnnxModel(outliers_onnx).run(x)["pooler_output"]
+    after = OnnxModel(tmp_path / "split.onnx").run(x)["pooler_output"]
+    assert np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
+    flat = onnx.load(str(outliers_onnx))  # channels all alike: nothing to split
+    assert outlier_split.split(flat, {n: np.ones_like(peaks[n]) for n in names}) == 0
+    assert len(flat.graph.node) == len(onnx.load(str(outliers_onnx)).graph.node)
+
+
+@pytest.mark.parametrize("faster", ["split", "without"])
+def test_split_source_races_the_plain_search(outliers_onnx, tmp_path, faster, monkeypatch):
+    """Where the first search keeps much in float, the source with outliers split off is searched
+    too, and the faster of the two passing files is published (here the quantiser, scores and
+    timings are stand-ins; the real ones run in the stress-checkpoint tests)."""
+    from siglip_export import int8_search
+
+    monkeypatch.setattr(int8_search, "SPLIT_WORTH", 0.0)  # whatever stays in float, the split is tried
+
+    def is_split(path: Path) -> bool:
+        return any(n.name.endswith(outlier_split.SUFFIX) for n in onnx.load(str(path)).graph.node)
+
+    built: dict[Path, tuple[bool, int]] = {}
+
+    def build(source: Path, out: Path, kept: list[str]) -> dict:
+        shutil.copy(source, out)
+        built[out] = (is_split(source), len(kept))
+        return {"kept": len(kept)}
+
+    def score(path: Path) -> float:  # without the split, two nodes must stay in float (target 0.995); with it, none
+        split, kept = built[path]
+        return 1.0 if split else 0.99 + 0.0025 * kept
+
+    def latency(path: Path) -> float:
+        return 0.01 if is_split(path) == (faster == "split") else 0.02
+
+    rng = np.random.default_rng(1)
+    calibration = [rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(3)]
+    out = tmp_path / "vision_model.int8-qdq.onnx"
+    report, result = int8_search.accuracy_aware(outliers_onnx, out, build, score, calibration, [calibration[0], calibration[1]],
+                                    0.99, ("MatMul", "Gemm"), latency)
+    record = result.record()["outlier_split"]
+    assert record["products_split"] > 0 and record["kept_float"] == 0 and record["float_share_of_macs"] == 0
+    assert set(record["ms_per_call"]) == {"without", "split"}
+    assert record["used"] == (faster == "split") and is_split(out) == (faster == "split")
+    if faster == "split":
+        assert result.kept_float == [] and report == {"kept": 0}
+    else:
+        assert len(result.kept_float) == 2 and result.float_share > 0 and report == {"kept": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no scratch file left
 
 
 # --- a gate per runtime -----------------------------------------------------------------------
