@@ -451,7 +451,8 @@ def accuracy_aware(source: Path, output: Path, build: Build, score: Callable[[Pa
                     trials.best, result, choice = alternative.best, other, SPLIT
                     split_record["used"] = True
         if result is None:
-            raise failed
+            why = f"; with outlier channels split off: {split_record['failed']}" if "failed" in split_record else ""
+            raise VariantFailed(f"{failed}{why}")
     except BaseException:
         for path in _with_weights(output):
             path.unlink(missing_ok=True)

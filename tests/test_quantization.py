@@ -164,7 +164,7 @@ def test_outlier_split_keeps_the_float_model(outliers_onnx, tmp_path):
     assert len(flat.graph.node) == len(onnx.load(str(outliers_onnx)).graph.node)
 
 
-@pytest.mark.parametrize("faster", ["split", "without"])
+@pytest.mark.parametrize("faster", ["split", "without", "neither passes"])
 def test_split_source_races_the_plain_search(outliers_onnx, tmp_path, faster, monkeypatch):
     """Where the first search keeps much in float, the source with outliers split off is searched
     too, and the faster of the two passing files is published (here the quantiser, scores and
@@ -185,6 +185,8 @@ def test_split_source_races_the_plain_search(outliers_onnx, tmp_path, faster, mo
 
     def score(path: Path) -> float:  # without the split, two nodes must stay in float (target 0.995); with it, none
         split, kept = built[path]
+        if faster == "neither passes":
+            return 0.9
         return 1.0 if split else 0.99 + 0.0025 * kept
 
     def latency(path: Path) -> float:
@@ -193,6 +195,13 @@ def test_split_source_races_the_plain_search(outliers_onnx, tmp_path, faster, mo
     rng = np.random.default_rng(1)
     calibration = [rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(3)]
     out = tmp_path / "vision_model.int8-qdq.onnx"
+    if faster == "neither passes":  # rejected with both searches' numbers, nothing left behind
+        with pytest.raises(VariantFailed, match=r"in float reaches min cosine 0\.900000 < target 0\.995000 .*"
+                                                r"; with outlier channels split off: int8 search: keeping"):
+            int8_search.accuracy_aware(outliers_onnx, out, build, score, calibration, calibration[:2], 0.99,
+                                       ("MatMul", "Gemm"), latency)
+        assert list(tmp_path.iterdir()) == []
+        return
     report, result = int8_search.accuracy_aware(outliers_onnx, out, build, score, calibration, [calibration[0], calibration[1]],
                                     0.99, ("MatMul", "Gemm"), latency)
     record = result.record()["outlier_split"]
