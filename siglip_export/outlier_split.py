@@ -17,7 +17,8 @@ The float model computes the same thing (up to summation order).
 Applies to MatMul and Gemm (no transA / transB) with a constant [in, out] weight at input 1 and
 the activation at input 0. A channel is an outlier when its largest |value| over the calibration
 inputs is over RATIO times the median channel's; at most MAX_SHARE of the channels, the largest,
-are split off. A tensor with none is left alone.
+are split off. A tensor with none is left alone, and so is one whose products share a weight
+with another node (changing it would leak).
 """
 
 from __future__ import annotations
