@@ -4,9 +4,9 @@ A recipe that quantises every matrix product holds on random weights and fails o
 whose activations carry outlier channels (trained ones do): one per-tensor int8 scale cannot
 cover a range set by a few huge channels. So every export measures its own checkpoint:
 
-0. SmoothQuant (smoothquant.py), where it helps: the whole model quantised with and without it
-   is scored, and the smoothed source is kept for the rest of the search when it at least
-   halves the error.
+0. SmoothQuant (smoothquant.py), where it helps: where the whole model quantised misses the
+   target, it is quantised again with SmoothQuant, and the smoothed source is kept for the rest
+   of the search when it at least halves the error.
 1. Candidates: the nodes the quantiser turns into int8 (ONNX Runtime dynamic: fused Attention,
    weight MatMuls, the patch Conv; static QDQ: weight MatMuls and Gemms; NNCF: those and the Conv).
 2. Sensitivity, end to end: one float model gets a switch per candidate that puts that node
