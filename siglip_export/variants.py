@@ -26,6 +26,7 @@ from runtime.tensorrt_engine import metadata_path
 
 from .int8_search import DYNAMIC_OPS, OPENVINO_OPS, STATIC_OPS, Build, accuracy_aware
 from .onnx_export import TowerSpec, ensure_batch_axis, io_signature, save_model, set_metadata
+from .openvino_graph import for_openvino
 from .optimize import (
     VariantFailed,
     VariantSkipped,
@@ -120,6 +121,7 @@ class VariantBuilder:
         self.tower, self.options = tower, options
         self.built: dict[str, Built] = {}
         self._apart: list[tuple[str, np.ndarray]] | None = None
+        self._openvino: tuple[Path, dict] | None = None
 
     def build(self, variant: str) -> Built:
         if variant not in self.built:
@@ -148,6 +150,14 @@ class VariantBuilder:
             self._apart = tower_inputs(self.tower.spec, self.tower.module.config, (SEARCH_ROWS,), self.options.seed + 1,
                                        self.tower.image_settings)
         return self._apart
+
+    def openvino_source(self) -> tuple[Path, dict]:
+        """The plain graph rewritten for OpenVINO (openvino_graph.py), written once per tower beside
+        the plain file (a hidden name: pruned before publication), and what the rewrite changed."""
+        if self._openvino is None:
+            path = self.tower.scratch / f".openvino.{self.tower.plain.name}"
+            self._openvino = path, for_openvino(self.tower.plain, path)
+        return self._openvino
 
     def calibration(self) -> list[np.ndarray]:
         """Calibration inputs, one per call: images (--calibration-images, else the packaged photos),
@@ -240,8 +250,9 @@ def _cuda_fp16_u8(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
 
 @builder("ov-bf16")
 def _ov_bf16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
-    info = build_openvino(b.tower.plain, path)
-    return Built(path, info, [path.with_suffix(".bin").name])
+    source, rewritten = b.openvino_source()
+    info = build_openvino(source, path)
+    return Built(path, {**info, "graph_rewrites": rewritten}, [path.with_suffix(".bin").name])
 
 
 @builder("ov-int8")
@@ -252,7 +263,9 @@ def _ov_int8(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
     def build(source: Path, out: Path, kept: list[str]) -> dict:
         return build_openvino_int8(source, out, calibration, kept)
 
-    built = b.accuracy_aware(kind, path, b.tower.plain, OPENVINO_OPS, build)
+    source, rewritten = b.openvino_source()
+    built = b.accuracy_aware(kind, path, source, OPENVINO_OPS, build)
+    built.info["graph_rewrites"] = rewritten
     built.data_files = [path.with_suffix(".bin").name]
     return built
 

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from runtime.manifest import Manifest
 from runtime.session import OnnxModel
 from siglip_export import outlier_split
 from siglip_export.int8_search import Candidate, search, target_for
+from siglip_export.openvino_graph import for_openvino, unflatten_products, unpack_products
 from siglip_export.optimize import VariantFailed
 from siglip_export.pipeline import ExportOptions, run_export
 from siglip_export.smoothquant import norm_outputs, smooth
@@ -83,6 +85,9 @@ def test_stress_checkpoints_publish_within_gates_or_reject(stressed):
 def test_int8_search_is_recorded(stressed):
     _, _, manifest = stressed
     for record in manifest.records("vision"):
+        if record.variant in ("ov-bf16", "ov-int8"):  # built from the graph rewritten for OpenVINO
+            rewritten = record.build["graph_rewrites"]
+            assert rewritten["products_unflattened"] > 0 and rewritten["products_unpacked"] > 0
         if record.variant not in ("int8", "int8-qdq", "ov-int8"):
             continue
         found = record.build["search"]
@@ -162,6 +167,76 @@ def test_outlier_split_keeps_the_float_model(outliers_onnx, tmp_path):
     flat = onnx.load(str(outliers_onnx))  # channels all alike: nothing to split
     assert outlier_split.split(flat, {n: np.ones_like(peaks[n]) for n in names}) == 0
     assert len(flat.graph.node) == len(onnx.load(str(outliers_onnx)).graph.node)
+
+
+def test_openvino_source_keeps_the_float_model(outliers_onnx, tmp_path):
+    """The graph the OpenVINO variants are built from: products on the token axis, packed q/k/v
+    unpacked, every product still findable by its name, the same outputs."""
+    plain = onnx.load(str(outliers_onnx))
+    before_ops = Counter(n.op_type for n in plain.graph.node)
+    assert before_ops["Gemm"] and before_ops["Split"]  # what the plain export has: the rewrite has work
+    done = for_openvino(outliers_onnx, tmp_path / "ov.onnx")
+    model = onnx.load(str(tmp_path / "ov.onnx"))
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert done == {"products_unflattened": before_ops["Gemm"], "products_unpacked": before_ops["Split"]}
+    assert ops["Gemm"] == 0 and ops["Split"] == 0 and ops["Reshape"] == before_ops["Reshape"] - 2 * before_ops["Gemm"]
+    names = {n.name for n in model.graph.node}
+    for node in plain.graph.node:
+        if node.op_type == "Gemm":
+            assert node.name in names
+        elif node.op_type == "Split":
+            packed = next(n.name for n in plain.graph.node if n.output[0] == node.input[0])
+            assert {f"{packed}/part{i}" for i in range(len(node.output))} <= names
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    before, after = OnnxModel(outliers_onnx).run(x), OnnxModel(tmp_path / "ov.onnx").run(x)
+    for name, value in before.items():
+        assert np.abs(after[name] - value).max() <= 1e-5 * np.abs(value).max(), name
+
+
+def test_openvino_rewrites_leave_what_they_cannot_prove_alone():
+    """A Split with a bias before it is unpacked with the bias; a split that is not over the
+    product's columns, a shared weight, and a reshape that does not restore the token axis are not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def const(name, value):
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["p"], name="packed"),
+        helper.make_node("Add", ["p", "b"], ["pb"], name="bias"),
+        helper.make_node("Split", ["pb", "sizes"], ["q", "k"], axis=-1, name="split"),
+        helper.make_node("MatMul", ["x", "w2"], ["p2"], name="rows"),  # split along tokens: not the columns
+        helper.make_node("Split", ["p2", "tokens"], ["r0", "r1"], axis=1, name="split_rows"),
+        helper.make_node("Reshape", ["x", "flat"], ["xf"], name="flatten"),
+        helper.make_node("Gemm", ["xf", "w3"], ["g"], name="gemm"),
+        helper.make_node("Reshape", ["g", "other"], ["y"], name="not_back"),  # [3, 2, 4]: not x's axes back
+        helper.make_node("MatMul", ["x", "w4"], ["p4"], name="shared"),  # its weight is read twice
+        helper.make_node("Split", ["p4", "sizes"], ["s0", "s1"], axis=-1, name="split_shared"),
+        helper.make_node("MatMul", ["x", "w4"], ["t"], name="same_weight"),
+    ]
+    inits = [const("w", rng.normal(size=(4, 6)).astype(np.float32)), const("b", rng.normal(size=6).astype(np.float32)),
+             const("sizes", np.array([2, 4], np.int64)), const("w2", rng.normal(size=(4, 4)).astype(np.float32)),
+             const("tokens", np.array([1, 2], np.int64)), const("flat", np.array([-1, 4], np.int64)),
+             const("w3", rng.normal(size=(4, 4)).astype(np.float32)), const("other", np.array([3, 2, 4], np.int64)),
+             const("w4", rng.normal(size=(4, 6)).astype(np.float32))]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("q", "k", "r0", "r1", "y", "s0", "s1", "t")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    import onnxruntime as ort
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    before = run(model)
+    assert unflatten_products(model) == 0 and unpack_products(model) == 1
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["Split"] == 2 and ops["Gemm"] == 1 and {"packed/part0", "packed/part1"} <= {n.name for n in model.graph.node}
+    for a, b in zip(run(model), before):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("faster", ["split", "without", "neither passes"])
