@@ -1,20 +1,26 @@
 """The plain graph rewritten into shapes OpenVINO's CPU plugin compiles well (same float model).
 
-The OpenVINO variants (`ov-bf16`, `ov-int8`) are built from this, not from the plain file
-itself, which stays what it is: the portable fp32 reference. Two rewrites, both standard ONNX:
+`ov-int8` is built from this, not from the plain file itself, which stays what it is: the
+portable fp32 reference (and what OpenVINO's default, the peer the benchmark compares with, reads).
+Two rewrites, both standard ONNX:
 
 - Flattened products put back on the token axis. The plain export computes each MLP layer as
   Reshape(x, [-1, K]) -> Gemm -> Reshape(y, [B, T, N]). OpenVINO fuses the bias and GELU into
   its FullyConnected kernel either way, but the Reshape then sits between the fused kernel and
   the activation quantiser NNCF puts after GELU, so in an int8 file that quantiser runs alone,
-  in f32, behind a bf16 -> f32 copy. As MatMul + Add on the 3-D tensor the quantiser joins the
-  kernel and fc1 writes u8 straight into fc2. (Base-size `outliers` checkpoint, batch 8, 2-core
-  Xeon with AMX: 12 such quantisers and copies, about 2 ms a layer.)
+  in f32, behind a bf16 -> f32 copy (about 2 ms a layer at batch 8). As MatMul + Add on the
+  3-D tensor the quantiser joins the kernel and fc1 writes u8 straight into fc2.
 - Packed products unpacked. The plain export computes q, k and v as one MatMul against the
   concatenated weights, then a Split on the last axis, which OpenVINO's CPU plugin runs with a
-  reference kernel (about 0.5 ms a layer at batch 8 there). One MatMul per part (its columns of
-  the weight, and of the bias where an Add sits between) needs no Split, and lets int8_search
-  keep q, k or v in float alone.
+  reference kernel (about 0.5 ms a layer at batch 8). One MatMul per part (its columns of the
+  weight, and of the bias where an Add sits between) needs no Split, and lets int8_search keep
+  q, k or v in float alone.
+
+Measured on the base-size `outliers` stress checkpoint (2-core Xeon with AMX, the same nodes kept
+in float, batch 8; README, "The graph ov-int8 is built from"): unflattening took an int8 call
+from 227.9 to 204.3 ms, unpacking then from 205.8 to 191.8 ms; at batch 1 both are neutral for
+int8. In bf16 alone unpacking is a trade (7% faster at batch 8, 6% slower at batch 1: three thin
+products for one), so `ov-bf16` stays on the plain graph.
 
 Each product keeps its node name (an unpacked part is `<name>/part<i>`), so what int8_search
 reports kept in float can be found in the graph.

@@ -121,7 +121,6 @@ class VariantBuilder:
         self.tower, self.options = tower, options
         self.built: dict[str, Built] = {}
         self._apart: list[tuple[str, np.ndarray]] | None = None
-        self._openvino: tuple[Path, dict] | None = None
 
     def build(self, variant: str) -> Built:
         if variant not in self.built:
@@ -152,12 +151,10 @@ class VariantBuilder:
         return self._apart
 
     def openvino_source(self) -> tuple[Path, dict]:
-        """The plain graph rewritten for OpenVINO (openvino_graph.py), written once per tower beside
-        the plain file (a hidden name: pruned before publication), and what the rewrite changed."""
-        if self._openvino is None:
-            path = self.tower.scratch / f".openvino.{self.tower.plain.name}"
-            self._openvino = path, for_openvino(self.tower.plain, path)
-        return self._openvino
+        """The plain graph rewritten for OpenVINO's int8 (openvino_graph.py), written beside the
+        plain file under a hidden name (pruned before publication), and what the rewrite changed."""
+        path = self.tower.scratch / f".openvino.{self.tower.plain.name}"
+        return path, for_openvino(self.tower.plain, path)
 
     def calibration(self) -> list[np.ndarray]:
         """Calibration inputs, one per call: images (--calibration-images, else the packaged photos),
@@ -250,9 +247,10 @@ def _cuda_fp16_u8(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
 
 @builder("ov-bf16")
 def _ov_bf16(b: VariantBuilder, kind: ArtefactKind, path: Path) -> Built:
-    source, rewritten = b.openvino_source()
-    info = build_openvino(source, path)
-    return Built(path, {**info, "graph_rewrites": rewritten}, [path.with_suffix(".bin").name])
+    # From the plain graph as it is: the rewrite ov-int8 is built from (openvino_graph.py) measured
+    # 7% faster in bf16 at batch 8 but 6% slower at batch 1 (three thin products for one packed).
+    info = build_openvino(b.tower.plain, path)
+    return Built(path, info, [path.with_suffix(".bin").name])
 
 
 @builder("ov-int8")
