@@ -67,7 +67,8 @@ def _replace(model: onnx.ModelProto, nodes: list[onnx.NodeProto], replace: dict[
     nodes = [new for i, node in enumerate(nodes) if i not in drop for new in replace.get(i, [node])]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    read = ({name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+            | {i.name for i in model.graph.input})  # an initializer listed as an input stays
     kept = [i for i in model.graph.initializer if i.name in read]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
