@@ -170,8 +170,8 @@ def test_outlier_split_keeps_the_float_model(outliers_onnx, tmp_path):
 
 
 def test_openvino_source_keeps_the_float_model(outliers_onnx, tmp_path):
-    """The graph the OpenVINO variants are built from: products on the token axis, packed q/k/v
-    unpacked, every product still findable by its name, the same outputs."""
+    """The graph ov-int8 is built from: products on the token axis, packed q/k/v unpacked, every
+    product still findable by its name, the same outputs."""
     plain = onnx.load(str(outliers_onnx))
     before_ops = Counter(n.op_type for n in plain.graph.node)
     assert before_ops["Gemm"] and before_ops["Split"]  # what the plain export has: the rewrite has work
@@ -207,7 +207,7 @@ def test_openvino_rewrites_leave_what_they_cannot_prove_alone():
         helper.make_node("MatMul", ["x", "w"], ["p"], name="packed"),
         helper.make_node("Add", ["p", "b"], ["pb"], name="bias"),
         helper.make_node("Split", ["pb", "sizes"], ["q", "k"], axis=-1, name="split"),
-        helper.make_node("MatMul", ["x", "w2"], ["p2"], name="rows"),  # split along tokens: not the columns
+        helper.make_node("MatMul", ["x", "w2"], ["p2"], name="rows"),  # split along the 3 tokens, as many as columns
         helper.make_node("Split", ["p2", "tokens"], ["r0", "r1"], axis=1, name="split_rows"),
         helper.make_node("Reshape", ["x", "flat"], ["xf"], name="flatten"),
         helper.make_node("Gemm", ["xf", "w3"], ["g"], name="gemm"),
@@ -217,7 +217,7 @@ def test_openvino_rewrites_leave_what_they_cannot_prove_alone():
         helper.make_node("MatMul", ["x", "w4"], ["t"], name="same_weight"),
     ]
     inits = [const("w", rng.normal(size=(4, 6)).astype(np.float32)), const("b", rng.normal(size=6).astype(np.float32)),
-             const("sizes", np.array([2, 4], np.int64)), const("w2", rng.normal(size=(4, 4)).astype(np.float32)),
+             const("sizes", np.array([2, 4], np.int64)), const("w2", rng.normal(size=(4, 3)).astype(np.float32)),
              const("tokens", np.array([1, 2], np.int64)), const("flat", np.array([-1, 4], np.int64)),
              const("w3", rng.normal(size=(4, 4)).astype(np.float32)), const("other", np.array([3, 2, 4], np.int64)),
              const("w4", rng.normal(size=(4, 6)).astype(np.float32))]
