@@ -108,7 +108,7 @@ def parse_args(argv=None, prog: str = "export.py") -> argparse.Namespace:
                         "vision_model.features.onnx; with LAYERS (e.g. -1 or 0,5), those encoder layers' "
                         "self-attention too (attention_<l>), averaged over heads")
     parser.add_argument("--calibration-images", type=Path, default=None, metavar="DIR",
-                        help="images for int8-qdq calibration (default: the packaged photos)")
+                        help="images int8-qdq and ov-int8 calibrate on, with 2 random inputs (default: the packaged photos)")
     parser.add_argument("--trt-profile", type=positive_int_list, default=(1, 8, 64), metavar="MIN,OPT,MAX",
                         help="TensorRT engine batch profile (default 1,8,64)")
     parser.add_argument("--triton-repo", type=Path, default=None, metavar="DIR",

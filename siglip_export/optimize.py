@@ -235,8 +235,7 @@ def build_int8_qdq(plain_path: Path, out_path: Path, input_name: str, calibratio
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=[*keep_float, *scores],
                         calibration_cache_path=calibration_cache)
     counts = op_counts(onnx.load(str(out_path), load_external_data=False))
-    return {"mode": "static-qdq", "calibration_images": int(sum(len(b) for b in calibration)),
-            "float_always": "attention score and mixing MatMuls (activation x activation)",
+    return {"mode": "static-qdq", "float_always": "attention score and mixing MatMuls (activation x activation)",
             "quantized_ops": {op: counts[op] for op in ("QuantizeLinear", "DequantizeLinear")}}
 
 
@@ -319,5 +318,4 @@ def build_openvino_int8(source: Path, out_xml: Path, calibration: list[np.ndarra
                               model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
                               ignored_scope=ignored, advanced_parameters=advanced)
         ov.save_model(model, str(out_xml), compress_to_fp16=False)
-    return {"openvino": ov.get_version(), "nncf": nncf.__version__, "mode": "static (NNCF, transformer preset)",
-            "calibration_images": len(calibration)}
+    return {"openvino": ov.get_version(), "nncf": nncf.__version__, "mode": "static (NNCF, transformer preset)"}

@@ -29,7 +29,7 @@ class ExportOptions:
     threads: int | None = None  # ONNX Runtime threads for verification (None: all cores)
     variants: tuple[str, ...] = ()  # faster variants to build, each behind its gate (runtime.contract.KINDS)
     gates: dict[str, float] = field(default_factory=dict)  # variant -> min cosine, over each kind's default
-    calibration_images: Path | None = None  # int8-qdq calibration (default: the packaged photos)
+    calibration_images: Path | None = None  # int8-qdq / ov-int8 calibration (default: the packaged photos)
     trt_profile: tuple[int, int, int] = (1, 8, 64)  # TensorRT batch profile min / opt / max
     # The `features` artefact (runtime.features): layer indices as given ("-2", "4,8,-1", "all"),
     # resolved against the model's depth once it is loaded; attention "" is the pooling head's only.

@@ -186,7 +186,8 @@ def test_int8_qdq_uses_calibration_images(checkpoint, tmp_path):
                                         variants=("int8-qdq",), gates={"int8-qdq": -1.0}, verify_batch_sizes=(2,),
                                         calibration_images=calibration), emit=None)
     art = by_file(manifest)["vision_model.int8-qdq.onnx"]
-    assert art.build["calibration_images"] == 3
+    assert art.build["calibration_inputs"] == 3
+    assert art.build["calibration_random"] == 2
     assert art.build["quantized_ops"]["QuantizeLinear"] > 0
     model = onnx.load(str(tmp_path / "o" / "vision_model.int8-qdq.onnx"))
     assert {n.domain for n in model.graph.node} <= {""}  # QDQ: standard ops only, portable
