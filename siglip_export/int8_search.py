@@ -318,14 +318,20 @@ class _Trials:
     """Builds and scores candidate files; keeps on disk, at `output`, the passing one with the
     fewest nodes in float (the fastest), and deletes the rest as it goes."""
 
-    def __init__(self, output: Path, build: Build, score: Callable[[Path], float], target: float):
-        self.output, self.build, self.score, self.target = output, build, score, target
+    def __init__(self, output: Path, build: Build, score: Callable[[Path], float], target: float,
+                 note: Callable[[str], None], label: str = ""):
+        self.output, self.build, self.score, self.target, self.note = output, build, score, target, note
+        self.label = label
         self.scratch = output.with_name(f".trial.{output.name}")
         self.best: dict = {}
 
     def __call__(self, source: Path, kept: list[str]) -> float:
+        started = time.perf_counter()
         report = self.build(source, self.scratch, kept)
         cosine = self.score(self.scratch)
+        self.note(f"{self.label}{len(kept)} kept in float: min cosine {cosine:.6f} "
+                  f"({'reaches' if cosine >= self.target else 'misses'} {self.target:.4f}, "
+                  f"{time.perf_counter() - started:.0f}s)")
         if cosine >= self.target and len(kept) < self.best.get("kept", float("inf")):
             for made, kept_as in zip(_with_weights(self.scratch), _with_weights(self.output)):
                 made.replace(kept_as)
@@ -384,6 +390,7 @@ def _search_from(chosen: Path, known: float, trials: _Trials, op_types: tuple[st
     if not candidates:
         raise VariantFailed(f"{chosen.name} has no node the int8 quantiser takes")
     if known < trials.target:  # the ranking is only needed when something must stay in float
+        trials.note(f"{trials.label}sensitivity of {len(candidates)} nodes, one at a time in int8")
         measure_sensitivity(model, candidates, calibration, probes, op_types != DYNAMIC_OPS,
                             trials.output.with_name(f".switched.{trials.output.name}"))
     del model
@@ -403,23 +410,26 @@ def _race(files: list[Path], latency: Callable[[Path], float], rounds: int = RAC
 
 def accuracy_aware(source: Path, output: Path, build: Build, score: Callable[[Path], float],
                    calibration: list[np.ndarray], probes: list[np.ndarray], gate: float,
-                   op_types: tuple[str, ...], latency: Callable[[Path], float] | None = None
-                   ) -> tuple[dict, SearchResult]:
+                   op_types: tuple[str, ...], latency: Callable[[Path], float] | None = None,
+                   note: Callable[[str], None] | None = None) -> tuple[dict, SearchResult]:
     """Search (SmoothQuant or not, then which nodes stay in float) and leave the chosen model at
     `output`; returns (its build report, the search). Where that keeps more than SPLIT_WORTH of the
     multiply-adds in float (or fails) and the checkpoint has outlier channels, the search runs again
     on the source with them split off (outlier_split.py), and, both passing, `latency(file)` (seconds
-    per call) picks the faster file. VariantFailed when nothing reaches the target."""
+    per call) picks the faster file. VariantFailed when nothing reaches the target. `note(line)`
+    hears of each step (each trial's score), for progress on a search that takes minutes."""
     started = time.perf_counter()
     target = target_for(gate)
-    trials = _Trials(output, build, score, target)
-    alternative = _Trials(output.with_name(f".split.{output.name}"), build, score, target)
+    note = note or (lambda line: None)
+    trials = _Trials(output, build, score, target, note)
+    alternative = _Trials(output.with_name(f".split.{output.name}"), build, score, target, note, "outliers split off, ")
     split_record: dict = {"ratio": outlier_split.RATIO, "products_split": 0, "used": False}
     try:
         prepared = _prepared(source, calibration, output)
         full = {"none": trials(source, [])}  # everything quantised, without and with smoothing
         smoothing = str(SMOOTHING_ALPHA)
         if smoothing in prepared and full["none"] < target:
+            trials.label = "SmoothQuant, "
             full[smoothing] = trials(prepared[smoothing][0], [])
         # Smoothed only where it clearly helps: it must at least halve the all-quantised error. Its
         # scales come from the calibration inputs; a small gain there can turn into a loss on other
@@ -428,6 +438,7 @@ def accuracy_aware(source: Path, output: Path, build: Build, score: Callable[[Pa
         helps = smoothing in full and (full[smoothing] >= target or 1 - full[smoothing] <= SMOOTHING_GAIN * (1 - full["none"]))
         choice = smoothing if full["none"] < target and helps else "none"  # (a passing file on disk is the choice's)
         chosen = source if choice == "none" else prepared[smoothing][0]
+        trials.label = "SmoothQuant, " if choice == smoothing else ""
         try:
             result, failed = _search_from(chosen, full[choice], trials, op_types, calibration, probes), None
         except VariantFailed as e:
@@ -443,6 +454,7 @@ def accuracy_aware(source: Path, output: Path, build: Build, score: Callable[[Pa
                 split_record.update(kept_float=len(other.kept_float), float_share_of_macs=round(other.float_share, 4),
                                     reached_min_cosine=other.reached, trials=other.trials)
                 if result is not None and latency is not None:
+                    note(f"racing the two passing files, {RACE_ROUNDS} rounds")
                     mine, theirs = _race([output, alternative.output], latency)
                     split_record["ms_per_call"] = {"without": round(mine * 1e3, 2), "split": round(theirs * 1e3, 2)}
                 if result is None or (latency is not None and theirs < mine):

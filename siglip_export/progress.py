@@ -20,6 +20,8 @@ class Progress:
         self.live = bool(emit is print and sys.stdout.isatty())
 
     def info(self, line: str) -> None:
+        if self.live:  # over the running step's line: clear it first
+            sys.stdout.write("\r\033[K")
         self.emit(line)
 
     @contextmanager

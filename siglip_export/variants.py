@@ -41,6 +41,7 @@ from .optimize import (
     openvino_int8_available,
     with_uint8_input,
 )
+from .progress import Progress
 from .records import file_record
 from .runtime_gates import measure, measure_elsewhere, reference_provider
 from .tensorrt_build import build_engine, tensorrt_available
@@ -48,7 +49,6 @@ from .verify import PHOTO_SUFFIXES, PHOTOS_DIR, tower_inputs, uint8_inputs
 
 if TYPE_CHECKING:
     from .options import ExportOptions
-    from .progress import Progress
 
 
 @dataclass
@@ -124,8 +124,9 @@ class VariantBuilder:
     """Builds the variants of one tower, each file once; a kind built from another
     (`builds_from`) builds that one on demand, published or not."""
 
-    def __init__(self, tower: TowerExport, options: ExportOptions):
+    def __init__(self, tower: TowerExport, options: ExportOptions, progress: Progress | None = None):
         self.tower, self.options = tower, options
+        self.progress = progress or Progress(None)
         self.built: dict[str, Built] = {}
         self._apart: list[tuple[str, np.ndarray]] | None = None
 
@@ -208,8 +209,11 @@ class VariantBuilder:
                 seconds.append(time.perf_counter() - started)
             return min(seconds)
 
+        def note(line: str) -> None:  # a search takes minutes on the base model: say where it is
+            self.progress.info(f"{'':9}{path.name} search: {line}")
+
         report, search = accuracy_aware(source, path, build, score, calibration, probes,
-                                        self.options.gate_for(kind.variant).min_cosine, op_types, latency)
+                                        self.options.gate_for(kind.variant).min_cosine, op_types, latency, note)
         data_files = self.restamp(path, kind.variant) if kind.format == ONNX else []
         return Built(path, {**report, "search": search.record()}, data_files)
 
@@ -320,7 +324,7 @@ def build_variants(tower: TowerExport, options: ExportOptions, progress: Progres
     """Build, verify and gate each requested variant of one tower. A rejected variant's files stay
     in the scratch directory, unlisted, and are pruned before publication."""
     out = VariantResults()
-    variants = VariantBuilder(tower, options)
+    variants = VariantBuilder(tower, options, progress)
     for variant in options.variants:
         kind = KINDS[variant]
         base = dict(file=kind.file(tower.name), tower=tower.name, variant=variant, precision=kind.precision)

@@ -277,9 +277,20 @@ def test_split_source_races_the_plain_search(outliers_onnx, tmp_path, faster, mo
                                        ("MatMul", "Gemm"), latency)
         assert list(tmp_path.iterdir()) == []
         return
+    lines: list[str] = []
     report, result = int8_search.accuracy_aware(outliers_onnx, out, build, score, calibration, [calibration[0], calibration[1]],
-                                    0.99, ("MatMul", "Gemm"), latency)
+                                    0.99, ("MatMul", "Gemm"), latency, note=lines.append)
     record = result.record()["outlier_split"]
+    # progress: a line per trial of each search (scored, against the target), the sensitivity pass, the race
+    trial_lines = [line for line in lines if " kept in float: min cosine " in line]
+    all_quantised = result.smoothquant["all_quantised_min_cosine"]  # each source quantised whole, split one too
+    searched = [(line.split(" kept")[0].rsplit(" ", 1)[-1], line.startswith("outliers split off")) for line in trial_lines]
+    assert ("2", False) in searched and ("1", False) in searched  # the unsplit search ends there: 1 misses, 2 reaches
+    if faster == "without":
+        assert len(searched) == len(all_quantised) + len(result.trials) + len(record["trials"])
+    assert any(line.startswith("0 kept in float: min cosine 0.990000 (misses 0.9950") for line in lines)
+    assert any(line.startswith("outliers split off, 0 kept in float: min cosine 1.000000 (reaches") for line in lines)
+    assert any(line.startswith("sensitivity of ") for line in lines) and any(line.startswith("racing") for line in lines)
     assert record["products_split"] > 0 and record["kept_float"] == 0 and record["float_share_of_macs"] == 0
     assert set(record["ms_per_call"]) == {"without", "split"}
     assert record["used"] == (faster == "split") and is_split(out) == (faster == "split")
