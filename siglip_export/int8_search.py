@@ -460,6 +460,10 @@ def accuracy_aware(source: Path, output: Path, build: Build, score: Callable[[Pa
                 if result is None or (latency is not None and theirs < mine):
                     for made, kept_as in zip(_with_weights(alternative.output), _with_weights(output)):
                         made.replace(kept_as)
+                    if result is not None:  # the search it replaces, whose trials `build.search` no longer lists
+                        split_record["unsplit"] = {"kept_float": len(result.kept_float),
+                                                   "float_share_of_macs": round(result.float_share, 4),
+                                                   "reached_min_cosine": result.reached, "trials": result.trials}
                     trials.best, result, choice = alternative.best, other, SPLIT
                     split_record["used"] = True
         if result is None:

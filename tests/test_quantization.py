@@ -296,8 +296,12 @@ def test_split_source_races_the_plain_search(outliers_onnx, tmp_path, faster, mo
     assert record["used"] == (faster == "split") and is_split(out) == (faster == "split")
     if faster == "split":
         assert result.kept_float == [] and report == {"kept": 0}
+        unsplit = record["unsplit"]  # the search it replaced stays on record
+        assert unsplit["kept_float"] == 2 and unsplit["trials"][-1]["kept_float"] in (1, 2)
+        assert len(searched) == len(all_quantised) + len(unsplit["trials"]) + len(record["trials"])
     else:
         assert len(result.kept_float) == 2 and result.float_share > 0 and report == {"kept": 2}
+        assert "unsplit" not in record
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no scratch file left
 
 
