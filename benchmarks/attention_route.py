@@ -1,4 +1,4 @@
-"""Issue 11's route choice for the GPU fp16 image tower, measured: the export's `cuda-fp16` file
+"""The attention route choice for the GPU fp16 image tower, measured: the export's `cuda-fp16` file
 (ONNX Runtime's transformer fusions: its contrib Attention, SkipLayerNormalization, FastGelu)
 against the opset-23 route (the tower exported with scaled_dot_product_attention kept, which
 opset 23 writes as the standard `Attention` op, then ONNX Runtime's fp16 conversion with float32
@@ -29,8 +29,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime.cli_support import ArgumentParser, positive_int, positive_int_list  # noqa: E402
+from runtime.contract.parity import min_row_cosine  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.parity import min_row_cosine  # noqa: E402
 
 ROUTE_OPSET = 23
 
@@ -40,8 +40,7 @@ def build_route(tower, out: Path) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from siglip_export.onnx_export import export_tower, quiet
-    from siglip_export.optimize import op_counts
+    from siglip_export.graph.torch_export import export_tower, op_counts, quiet
 
     model = export_tower(tower, opset=ROUTE_OPSET, fused_attention=True)
     with quiet():

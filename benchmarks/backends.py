@@ -3,7 +3,7 @@
 A runner loads one model once and hands out, per batch size, a function
 `run(pixel_values float32 (B, C, H, W)) -> pooler_output float32 (B, D)` that does the whole
 host-to-host call a user makes (GPU runners copy the input to the device and the output back,
-as `runtime.session.OnnxModel` does with IO binding), so every backend is timed the same way.
+as `runtime.runners.onnxruntime_model.OnnxModel` does with IO binding), so every backend is timed the same way.
 Two GPU modes: host-to-host (above; what a client pays) and device-resident (`-resident`
 backends: `Runner.stage` puts the inputs on the GPU before the timing, and a call runs the model
 and copies back `pooler_output` alone, B x D floats).
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import ENGINE, ONNX, OPENVINO
-from runtime.manifest import ArtefactRecord
+from runtime.contract.kinds import ENGINE, ONNX, OPENVINO
+from runtime.contract.manifest import ArtefactRecord
 
 
 class SkipBatch(Exception):
@@ -77,8 +77,8 @@ def load_vision_tower(vision_config: dict, weights: str | None):
     own), else seeded random weights (fine for latency; accuracy is then not comparable)."""
     import torch
 
-    from siglip_export.config import SiglipVisionConfig
-    from siglip_export.modeling_siglip import SiglipVisionTransformer
+    from siglip_export.model.config import SiglipVisionConfig
+    from siglip_export.model.modeling_siglip import SiglipVisionTransformer
 
     config = SiglipVisionConfig.from_dict(vision_config)
     if weights:
@@ -89,7 +89,7 @@ def load_vision_tower(vision_config: dict, weights: str | None):
         model.load_state_dict(load_file(weights), strict=True, assign=True)
     else:
         torch.manual_seed(0)
-        from siglip_export.modeling_siglip import SiglipVisionModel
+        from siglip_export.model.modeling_siglip import SiglipVisionModel
 
         model = SiglipVisionModel(config).vision_model
     return model.eval()
@@ -163,7 +163,7 @@ class TorchRunner(Runner):
 
 class OrtRunner(Runner):
     def __init__(self, job: dict, backend: str):
-        from runtime.session import OnnxModel, TensorRTOptions
+        from runtime.runners.onnxruntime_model import OnnxModel, TensorRTOptions
 
         spec = BACKENDS[backend]
         self.notes = []
@@ -213,8 +213,8 @@ class OrtRunner(Runner):
     def _graph_resident(self, batch: int):
         """Device-resident with a CUDA graph: the graph reads fixed addresses, so each call first
         copies the staged input, on the device, into the batch size's bound input buffer."""
-        model, bound = self.model, self.model._bound_set(batch, ("pooler_output",))
-        return lambda x: bound.run(model.session, x)["pooler_output"]
+        bound = self.model._bound_set(batch, ("pooler_output",))
+        return lambda x: bound.run(x)["pooler_output"]
 
     def peak_device_mb(self):
         import os
@@ -277,7 +277,7 @@ class OpenVinoRunner(Runner):
 
 class TensorRTRunner(Runner):
     def __init__(self, job: dict, backend: str):
-        from runtime.tensorrt_engine import TensorRTEngine
+        from runtime.runners.tensorrt_engine import TensorRTEngine
 
         self.engine = TensorRTEngine(job["path"])
         self.device = "cuda"
@@ -329,7 +329,7 @@ class Backend:
     resident: bool = False  # device-resident timing: inputs staged on the GPU first (module docstring)
     cast_weights: bool = False  # torch: model.half() instead of autocast
     compiled: bool = False  # torch: torch.compile
-    cuda_graph: bool = False  # ONNX Runtime: CUDA graphs (runtime.session.OnnxModel(cuda_graph=True))
+    cuda_graph: bool = False  # ONNX Runtime: CUDA graphs (runtime.runners.onnxruntime_model.OnnxModel(cuda_graph=True))
     bound_resident: bool = False  # ONNX Runtime, resident: copy into the bound buffer as CUDA graphs must (tests)
 
     def runs(self, record: ArtefactRecord) -> bool:
@@ -341,7 +341,7 @@ _TABLE = (
             precision="fp32", needs=("torch",), groups=("torch",)),
     Backend("torch-eager-bf16", "cpu", TorchRunner, "same model under torch.autocast('cpu', dtype=torch.bfloat16)",
             precision="bf16", needs=("torch",), groups=("torch",)),
-    Backend("ort-cpu", "cpu", OrtRunner, "runtime.session.OnnxModel, CPU provider", formats=(ONNX,), provider="cpu"),
+    Backend("ort-cpu", "cpu", OrtRunner, "runtime.runners.onnxruntime_model.OnnxModel, CPU provider", formats=(ONNX,), provider="cpu"),
     Backend("openvino-fp32", "cpu", OpenVinoRunner,
             "OpenVINO CPU, INFERENCE_PRECISION_HINT f32, LATENCY hint, static batch",
             formats=(ONNX,), plain_only=(ONNX,), precision="fp32", needs=("openvino",), groups=("openvino",)),
@@ -364,7 +364,7 @@ _TABLE = (
     Backend("torch-compile-half-resident", "cuda", TorchRunner,
             "torch.compile of the .half() reference model, device-resident",
             precision="fp16", cast_weights=True, compiled=True, resident=True, needs=("torch",), groups=("torch",)),
-    Backend("ort-cuda", "cuda", OrtRunner, "runtime.session.OnnxModel, CUDA provider, bound buffers, pooler_output "
+    Backend("ort-cuda", "cuda", OrtRunner, "runtime.runners.onnxruntime_model.OnnxModel, CUDA provider, bound buffers, pooler_output "
             "alone copied back; host-to-host", formats=(ONNX,), provider="cuda"),
     Backend("ort-cuda-graph", "cuda", OrtRunner, "as ort-cuda with CUDA graphs (one per batch size), host-to-host",
             formats=(ONNX,), provider="cuda", cuda_graph=True),
@@ -374,11 +374,11 @@ _TABLE = (
             "copied on the GPU into the graph's fixed buffer), device-resident", formats=(ONNX,), provider="cuda",
             resident=True, cuda_graph=True),
     Backend("ort-tensorrt", "cuda", OrtRunner,
-            "runtime.session.OnnxModel, TensorRT provider (TensorRT's default TF32 for fp32)",
+            "runtime.runners.onnxruntime_model.OnnxModel, TensorRT provider (TensorRT's default TF32 for fp32)",
             formats=(ONNX,), plain_only=(ONNX,), provider="tensorrt", precision="fp32"),
-    Backend("ort-tensorrt-fp16", "cuda", OrtRunner, "runtime.session.OnnxModel, TensorRT provider with trt_fp16_enable",
+    Backend("ort-tensorrt-fp16", "cuda", OrtRunner, "runtime.runners.onnxruntime_model.OnnxModel, TensorRT provider with trt_fp16_enable",
             formats=(ONNX,), plain_only=(ONNX,), provider="tensorrt", precision="fp16"),
-    Backend("tensorrt", "cuda", TensorRTRunner, "runtime.tensorrt_engine.TensorRTEngine on a serialized engine",
+    Backend("tensorrt", "cuda", TensorRTRunner, "runtime.runners.tensorrt_engine.TensorRTEngine on a serialized engine",
             formats=(ENGINE,), provider="tensorrt", needs=("tensorrt",)),
 )
 BACKENDS: dict[str, Backend] = {b.name: b for b in _TABLE}

@@ -43,9 +43,9 @@ if __package__ in (None, ""):  # `python benchmarks/load_test.py`: make the repo
 
 from runtime import ImageEncoder  # noqa: E402
 from runtime.cli_support import ArgumentParser, positive_int, run_command  # noqa: E402
-from runtime.contract import PROVIDERS  # noqa: E402
+from runtime.contract.kinds import PROVIDERS  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.preprocess import load_image  # noqa: E402
+from runtime.inputs.images import load_image  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parent.parent / "siglip_export" / "photos"
 

@@ -9,32 +9,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+from runtime.runners.environment import ISA_FLAGS, cpu_identity
+
 RECORDED_VERSIONS = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "numpy", "tensorrt", "matplotlib")
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    return model, flags
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity), the default thread count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def nvidia_gpu() -> str | None:
     """The first GPU's name, None without an NVIDIA driver."""
-    from runtime.session import gpu_name, nvidia_driver_present
+    from runtime.runners.environment import gpu_name, nvidia_driver_present
 
     return gpu_name() if nvidia_driver_present() else None
 
@@ -47,7 +29,7 @@ def _version(dist: str) -> str | None:
 
 
 def machine_info(threads: int) -> dict:
-    model, flags = _cpuinfo()
+    cpu = cpu_identity()
     versions = {"python": platform.python_version()}
     for dist in RECORDED_VERSIONS:
         if _version(dist):
@@ -58,11 +40,11 @@ def machine_info(threads: int) -> dict:
     except (ValueError, OSError, AttributeError):
         pass
     return {
-        "cpu_model": model,
+        "cpu_model": cpu["cpu"],
         "cores": os.cpu_count(),
-        "cores_usable": usable_cores(),
+        "cores_usable": cpu["cores"],
         "threads": threads,
-        "isa": {flag: flag in flags for flag in ISA_FLAGS},
+        "isa": {flag: flag in cpu["isa"] for flag in ISA_FLAGS},
         "memory_mb": total_mb,
         "gpu": nvidia_gpu(),
         "os": platform.platform(),

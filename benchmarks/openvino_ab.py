@@ -24,8 +24,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime.cli_support import ArgumentParser, positive_int  # noqa: E402
+from runtime.contract.manifest import Manifest  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.manifest import Manifest  # noqa: E402
 
 
 def _compiled(core, ov, path: Path, batch: int, size: tuple[int, int], threads: int, profile: bool = False):

@@ -15,8 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 from runtime.artefacts import Artefacts
+from runtime.contract.manifest import MANIFEST, ArtefactRecord, Manifest
 from runtime.errors import ArtefactError, UserError
-from runtime.manifest import MANIFEST, ArtefactRecord, Manifest
 
 from .backends import BACKENDS, GROUPS, Backend, OrtRunner, TorchRunner
 
@@ -69,7 +69,7 @@ def select_backends(names: list[str]) -> list[Backend]:
 
 
 def _ort_providers() -> tuple[list[str], str | None]:
-    from runtime.session import _import_ort
+    from runtime.runners.environment import import_onnxruntime as _import_ort
 
     try:
         return _import_ort().get_available_providers(), None
@@ -95,7 +95,7 @@ def _environment_reason(backend: Backend, gpu: str | None, ort: tuple[list[str],
     if backend.runner is OrtRunner and name and name not in providers:
         return f"this onnxruntime build has no {name} (has: {', '.join(providers)})"
     if backend.runner is OrtRunner and backend.provider == "tensorrt":
-        from runtime.session import TENSORRT_LIBRARIES, tensorrt_libraries_present
+        from runtime.runners.environment import TENSORRT_LIBRARIES, tensorrt_libraries_present
 
         if not tensorrt_libraries_present():
             return f"TensorRT's libraries ({TENSORRT_LIBRARIES[0]}) are not installed; onnxruntime lists {name} anyway"

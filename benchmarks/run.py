@@ -43,8 +43,8 @@ from benchmarks.plan import PlanItem, load_manifest, plan_backends, select_backe
 from benchmarks.report import format_ms, markdown, plot  # noqa: E402
 from benchmarks.worker import summarise  # noqa: E402
 from runtime.cli_support import ArgumentParser, positive_int, positive_int_list  # noqa: E402
+from runtime.contract.manifest import MANIFEST, Manifest  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.manifest import MANIFEST, Manifest  # noqa: E402
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def _variants(text: str) -> tuple[str, ...]:
-    from runtime.contract import variant_names
+    from runtime.contract.kinds import variant_names
 
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in ("plain", *variant_names())]

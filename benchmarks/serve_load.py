@@ -8,7 +8,7 @@
 1. In process first (no server running): `--clients` threads share one runtime `ImageEncoder`
    and make `--requests` calls of `--batch-size` preprocessed images (the packaged photos and
    their mirror images), as a request handler would; the baseline.
-2. Then the server (`runtime.serve.Server`, on free 127.0.0.1 ports): `--clients` threads, each
+2. Then the server (`runtime.serving.server.Server`, on free 127.0.0.1 ports): `--clients` threads, each
    with its own Triton client (tritonclient's clients are not thread-safe), send the same
    `--requests` requests for `pooler_output`, after `--warmup` requests (4 per client). Every
    response is compared with runtime's own embedding of the same images (within 1e-5).
@@ -39,9 +39,10 @@ if __package__ in (None, ""):  # `python benchmarks/serve_load.py`: make the rep
 from benchmarks.load_test import distinct_images, run_and_report  # noqa: E402
 from runtime import ImageEncoder  # noqa: E402
 from runtime.cli_support import ArgumentParser, non_negative_int, positive_int  # noqa: E402
-from runtime.contract import PROVIDERS  # noqa: E402
-from runtime.serve import ServeOptions, Server  # noqa: E402
-from runtime.triton_config import model_name  # noqa: E402
+from runtime.contract.kinds import PROVIDERS  # noqa: E402
+from runtime.serving.model_config import model_name  # noqa: E402
+from runtime.serving.server import Server  # noqa: E402
+from runtime.serving.settings import ServeOptions
 
 TOLERANCE = 1e-5
 

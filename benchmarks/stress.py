@@ -71,7 +71,7 @@ def write_stress_checkpoint(directory: str | Path, vision_config, kind: str, see
 
 def main(argv=None) -> int:
     from runtime.cli_support import ArgumentParser, run_command
-    from siglip_export.config import DEFAULT_PRESET, PRESETS, SiglipConfig, preset
+    from siglip_export.model.config import DEFAULT_PRESET, PRESETS, SiglipConfig, preset
 
     parser = ArgumentParser(prog="python benchmarks/stress.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="where to write the checkpoint (config.json + model.safetensors)")

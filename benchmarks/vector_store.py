@@ -7,7 +7,7 @@ directory), then times single queries (top 10, inner product = cosine) and check
 against exact numpy search. The vectors are a Gaussian mixture (clusters, as image embeddings
 have), the queries perturbed copies of stored vectors. Candidates: LanceDB (flat scan, and its
 IVF_HNSW_SQ index), FAISS (exact IndexFlatIP, and HNSW at its default and at the search breadth
-runtime.vector_store uses), usearch (HNSW). A candidate whose library is missing is reported as
+runtime.index.store uses), usearch (HNSW). A candidate whose library is missing is reported as
 such. usearch is imported last: imported before onnxruntime, it crashes the process (seen with
 usearch 2.26 and onnxruntime 1.2x: `import usearch; import onnxruntime` segfaults).
 """

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.parity import min_row_cosine
-from runtime.preprocess import normalise
+from runtime.contract.parity import min_row_cosine
+from runtime.inputs.images import normalise
 
 from .backends import SkipBatch, load_runner
 from .floor import measure_rates
@@ -111,8 +111,8 @@ def reference_tower(source: dict, config_dict: dict):
     checkpoint), else seeded random weights; returns (tower in eval mode, how it was built)."""
     import torch
 
-    from siglip_export.config import config_from_dict
-    from siglip_export.modeling_siglip import build_model
+    from siglip_export.model.config import config_from_dict
+    from siglip_export.model.modeling_siglip import build_model
 
     config = config_from_dict(config_dict)
     model = None
@@ -121,7 +121,7 @@ def reference_tower(source: dict, config_dict: dict):
         model = build_model(config)
         how = f"preset {source.get('preset')} seed {source.get('seed', 0)}: the artefacts' weights, rebuilt"
     elif source.get("type") == "checkpoint" and source.get("path") and Path(source["path"]).is_dir():
-        from siglip_export.checkpoint import load_pretrained
+        from siglip_export.model.checkpoint import load_pretrained
 
         model = load_pretrained(source["path"])
         how = f"checkpoint {source['path']}: the artefacts' weights"
@@ -150,7 +150,7 @@ def prepare(job: dict) -> dict:
 
     # Are these really the artefact's weights? Check against the fp32 ONNX file through runtime.
     if job.get("onnx_path"):
-        from runtime.session import OnnxModel
+        from runtime.runners.onnxruntime_model import OnnxModel
 
         session = OnnxModel(job["onnx_path"], threads=job["threads"])
         smallest = str(min(job["batch_sizes"]))

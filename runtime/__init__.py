@@ -5,10 +5,10 @@ native engines). Never imports torch.
 """
 
 from .artefacts import Artefacts
+from .contract.manifest import Manifest
 from .encoders import ImageEncoder, TextEncoder, ZeroShotClassifier
 from .errors import ArtefactError, InputError, ProviderError, UserError
-from .manifest import Manifest
-from .session import OnnxModel, TensorRTOptions
+from .runners.onnxruntime_model import OnnxModel, TensorRTOptions
 
 __all__ = ["Artefacts", "ArtefactError", "ImageEncoder", "InputError", "Manifest", "OnnxModel", "ProviderError",
            "TensorRTOptions", "TextEncoder", "UserError", "ZeroShotClassifier"]

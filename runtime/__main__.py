@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_support import ArgumentParser, attach_negative_values, non_negative_int, positive_int, run_command, write_atomic
-from .contract import PROVIDERS, variant_names
+from .cli_support import ArgumentParser, attach_negative_values, non_negative_int, positive_int, run_command
+from .contract.kinds import PROVIDERS, variant_names
 from .errors import UserError
-from .serve import PYTRITON_INSTALL
-from .session import TensorRTOptions
+from .files import write_atomic
+from .runners.onnxruntime_model import TensorRTOptions
+from .serving.server import PYTRITON_INSTALL
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -142,7 +143,8 @@ def _index_parsers(sub) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from .serve import ServeOptions, Server, ServerError, serve_forever
+    from .serving.server import Server, ServerError, serve_forever
+    from .serving.settings import ServeOptions
 
     options = ServeOptions(variant=args.variant, provider=args.provider, host=args.host, http_port=args.http_port,
                            grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
@@ -167,7 +169,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _attention(args: argparse.Namespace, encoder) -> None:
     """Heatmaps per image: PNGs in --output-dir and/or the grids as JSON on stdout."""
-    from .attention_maps import overlay, patch_grid
+    from .heatmaps import overlay, patch_grid
 
     if args.output_dir is None and not args.json:
         raise UserError("attention needs --output-dir DIR (PNG heatmaps) and/or --json (the grids)")
@@ -198,7 +200,7 @@ def _attention(args: argparse.Namespace, encoder) -> None:
 
 
 def _index(args: argparse.Namespace) -> None:
-    from .index_build import IndexOptions, build_index
+    from .index.build import IndexOptions, build_index
 
     options = IndexOptions(variant=args.variant, provider=args.provider, threads=args.threads,
                            batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
@@ -209,7 +211,7 @@ def _index(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from .index_search import ImageIndex
+    from .index.search import ImageIndex
 
     if (args.query is None) == (args.image is None):
         raise UserError("search takes a text query or --image FILE (one of them)")
@@ -269,7 +271,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv=None) -> int:
     args = parse_args(attach_negative_values(list(sys.argv[1:] if argv is None else argv), ("--layer",)))
     if args.command == "serve":
-        from .serve import ServerError
+        from .serving.server import ServerError
 
         return run_command(lambda: _serve(args), debug=args.debug, failures={ServerError: (1, "")})
     return run_command(lambda: run(args), debug=args.debug)

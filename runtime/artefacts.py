@@ -12,10 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from .contract import KINDS, ArtefactKind, Runner, kind_of, open_runner, runtime_of
+from .contract.kinds import KINDS, ArtefactKind, Runner, kind_of, open_runner, runtime_of
+from .contract.manifest import ArtefactRecord, Manifest
 from .errors import ArtefactError, InputError, ProviderError
-from .manifest import ArtefactRecord, Manifest
-from .preprocess import PREPROCESSOR_CONFIG, ImageSettings
+from .inputs.images import PREPROCESSOR_CONFIG, ImageSettings
 
 
 class Artefacts:
@@ -63,7 +63,10 @@ class Artefacts:
             if found != tower:
                 raise ArtefactError(f"{self.single_file} is the {found} tower, not the {tower} tower")
             return self.single_file
-        path = self.directory / self.record(tower, variant).file
+        return self._path_of(self.record(tower, variant))
+
+    def _path_of(self, record: ArtefactRecord) -> Path:
+        path = self.directory / record.file
         if not path.is_file():
             raise ArtefactError(f"{path} is listed in manifest.json but missing")
         return path
@@ -85,11 +88,13 @@ class Artefacts:
         it was never measured too, unless `allow_unverified` (ProviderError naming both)."""
         if variant and self.single_file:
             raise InputError(f"variant {variant!r} needs an artefact directory; {self.single_file} is one file")
-        path = self.model_file(tower, variant)
-        kind = self.kind(tower, variant)
+        if self.single_file:
+            return open_runner(self.kind(tower), self.model_file(tower), provider=provider, threads=threads,
+                               tensorrt=tensorrt)
+        record = self.record(tower, variant)  # looked up once: its file, its kind and its gates
+        path, kind = self._path_of(record), record.kind
         auto = None
-        if self.manifest is not None and not allow_unverified:
-            record = self.record(tower, variant)
+        if not allow_unverified:
             if provider == "auto":
                 auto = tuple(p for p in kind.providers if _refusal(record, kind, p) is None)
                 if not auto:
@@ -103,7 +108,7 @@ class Artefacts:
 
     def metadata(self, path: Path) -> dict[str, str]:
         if path not in self._metadata:
-            from .session import OnnxModel
+            from .runners.onnxruntime_model import OnnxModel
 
             self._metadata[path] = OnnxModel(path).metadata
         return self._metadata[path]
@@ -129,14 +134,14 @@ class Artefacts:
 
     def has_tokenizer(self) -> bool:
         """Whether the directory holds a tokenizer: SigLIP's `spiece.model` or SigLIP 2's (Gemma) `tokenizer.model`."""
-        from .gemma_tokenizer import is_gemma
+        from .inputs.gemma_tokenizer import is_gemma
 
         return (self.directory / "spiece.model").is_file() or is_gemma(self.directory)
 
     def tokenizer(self, max_length: int):
         """The text tokenizer of the directory: SigLIP 2's Gemma sentencepiece (`tokenizer.model`)
         or SigLIP's (`spiece.model`), configured by `tokenizer_config.json`."""
-        from .gemma_tokenizer import GemmaTokenizer, is_gemma
+        from .inputs.gemma_tokenizer import GemmaTokenizer, is_gemma
 
         if is_gemma(self.directory):
             return GemmaTokenizer.from_directory(self.directory, max_length=max_length)
@@ -145,7 +150,7 @@ class Artefacts:
                 f"{self.directory} has no tokenizer (spiece.model or tokenizer.model); export from a checkpoint "
                 f"that includes it"
             )
-        from .tokenizer import SiglipTokenizer
+        from .inputs.siglip_tokenizer import SiglipTokenizer
 
         return SiglipTokenizer.from_directory(self.directory, max_length=max_length)
 

@@ -15,10 +15,10 @@ from typing import Sequence
 import numpy as np
 
 from .artefacts import Artefacts
+from .contract.layer_outputs import FEATURES, POOLER_ATTENTION, attention_name, hidden_state_name, normalize
 from .errors import ArtefactError, InputError
-from .features import FEATURES, POOLER_ATTENTION, attention_name, hidden_state_name, normalize
-from .preprocess import image_batch, preprocess
-from .session import TensorRTOptions
+from .inputs.images import image_batch, preprocess
+from .runners.onnxruntime_model import TensorRTOptions
 
 DEFAULT_TEMPLATE = "This is a photo of {}."  # the prompt SigLIP's zero-shot evaluation uses
 
@@ -112,7 +112,7 @@ class ImageEncoder(_Encoder):
         out = np.concatenate([self._pooled(chunk) for chunk in self._chunks(pixel_values)])
         return l2_normalize(out) if normalize else out
 
-    # --- the `features` artefact: layer features and attention maps (runtime.features) -----------
+    # --- the `features` artefact: layer features and attention maps (runtime.contract.layer_outputs) -----------
 
     def _features_runner(self):
         if getattr(self, "_features", None) is None:

@@ -14,10 +14,11 @@ __version__ = "0.2.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "CheckpointError": "checkpoint", "load_pretrained": "checkpoint",
-    "PRESETS": "config", "ConfigError": "config", "SiglipConfig": "config", "SiglipTextConfig": "config",
-    "SiglipVisionConfig": "config", "load_config": "config", "preset": "config",
-    **{name: "modeling_siglip" for name in (
+    "CheckpointError": "model.checkpoint", "load_pretrained": "model.checkpoint",
+    "PRESETS": "model.config", "ConfigError": "model.config", "SiglipConfig": "model.config",
+    "SiglipTextConfig": "model.config", "SiglipVisionConfig": "model.config", "load_config": "model.config",
+    "preset": "model.config",
+    **{name: "model.modeling_siglip" for name in (
         "SiglipAttention", "SiglipEncoder", "SiglipEncoderLayer", "SiglipMLP", "SiglipModel",
         "SiglipMultiheadAttentionPoolingHead", "SiglipTextEmbeddings", "SiglipTextModel", "SiglipTextTransformer",
         "SiglipVisionEmbeddings", "SiglipVisionModel", "SiglipVisionTransformer", "build_model", "set_fused_attn",

@@ -26,7 +26,8 @@ from runtime.cli_support import (
     positive_int_list,
     run_command,
 )
-from runtime.contract import KINDS, TOWERS, variant_names
+from runtime.contract.kinds import KINDS, TOWERS, variant_names
+from runtime.contract.manifest import Manifest
 from runtime.errors import UserError
 
 # What `export.py` imports (module name -> distribution), all in the `export` extra.
@@ -64,9 +65,9 @@ def _gate(text: str) -> tuple[str, float]:
 
 
 def parse_args(argv=None, prog: str = "export.py") -> argparse.Namespace:
-    from .config import DEFAULT_PRESET, PRESETS
-    from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-    from .triton_cli import add_triton_arguments
+    from .graph.torch_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from .model.config import DEFAULT_PRESET, PRESETS
+    from .triton.flags import add_triton_arguments
 
     parser = ArgumentParser(
         prog=prog,
@@ -135,9 +136,8 @@ def main(argv=None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     signal.signal(signal.SIGTERM, _terminate)
     from .pipeline import ExportOptions, run_export
-    from .summary import report_lines
-    from .triton import write_triton_repo
-    from .verify import Gate, VerificationError
+    from .triton.repository import write_triton_repo
+    from .verify.gate import Gate, VerificationError
 
     options = ExportOptions(
         checkpoint=args.checkpoint, preset=args.preset, output_dir=args.output_dir, towers=args.towers,
@@ -166,8 +166,8 @@ def main(argv=None, prog: str | None = None) -> int:
 def check_triton_request(args):
     """Triton options, checked before exporting: flags, target directory, and variants the export will make."""
     from .publication import is_within
-    from .triton import check_repo_target
-    from .triton_cli import triton_options
+    from .triton.flags import triton_options
+    from .triton.repository import check_repo_target
 
     options = triton_options(args)
     check_repo_target(args.triton_repo)
@@ -178,6 +178,45 @@ def check_triton_request(args):
     if missing:
         raise UserError(f"--triton-variants asks for {missing[0]!r}, which --variants does not build")
     return options
+
+
+# --- what is printed when it is done: every artefact with its size and accuracy, and why each
+# variant that was asked for is not there
+
+def summary_table(manifest: Manifest, output_dir: Path) -> str:
+    """Markdown: one row per published, rejected and skipped artefact."""
+    rows = ["| artefact | size | accuracy vs eager fp32 (worst over inputs and batch sizes) | gate | path |",
+            "| --- | --- | --- | --- | --- |"]
+    for art in manifest.artefacts:
+        n = art.parity.worst()
+        batches = ",".join(map(str, art.parity.batch_sizes))
+        accuracy = (f"pooler cos {n['pooler_output_min_cosine']:.6f}, hidden cos {n['last_hidden_state_min_cosine']:.6f}, "
+                    f"hidden rel err {n['last_hidden_state_rel_err']:.1e} (batch {batches})")
+        rows.append(f"| {art.file} | {art.size_bytes / 1e6:.1f} MB | {accuracy} | pass | {Path(output_dir) / art.file} |")
+    for art in manifest.rejected:
+        rows.append(f"| {art.file} | - | {rejection(art)} | REJECTED | not published |")
+    for art in manifest.skipped:
+        rows.append(f"| {art.file} | - | {art.reason} | skipped | not built |")
+    return "\n".join(rows)
+
+
+def rejection(art) -> str:
+    """Why a variant was not published: its numbers against the gate, or what failed."""
+    if art.accuracy is None or art.parity is None:
+        return art.reason
+    return f"pooler cos {art.accuracy['pooler_output_min_cosine']:.6f} < {art.parity.gate.min_cosine}"
+
+
+def report_lines(manifest: Manifest, output_dir: Path) -> list[str]:
+    """The summary table, then a warning per rejected variant and for random weights."""
+    lines = [summary_table(manifest, output_dir)]
+    for art in manifest.rejected:
+        reason = art.reason if art.accuracy is None else (
+            f"min cosine {art.accuracy['pooler_output_min_cosine']:.6f} below its gate {art.parity.gate.min_cosine}")
+        lines.append(f"WARNING: {art.file} not published: {reason}")
+    if manifest.source.get("random_weights"):
+        lines.append(f"\nWARNING: {manifest.source['warning']}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.contract import ENGINE, KINDS, variant_names
+from runtime.contract.kinds import ENGINE, KINDS, variant_names
+from runtime.contract.layer_outputs import FEATURES, parse_indices, parse_layers
 from runtime.errors import UserError
-from runtime.features import FEATURES, parse_indices, parse_layers
 
-from .features import FeatureRequest
-from .onnx_export import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET, check_opset
-from .verify import Gate
+from .graph.torch_export import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET, check_opset
+from .model.feature_tower import FeatureRequest
+from .verify.gate import Gate
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ExportOptions:
     gates: dict[str, float] = field(default_factory=dict)  # variant -> min cosine, over each kind's default
     calibration_images: Path | None = None  # int8-qdq / ov-int8 calibration (default: the packaged photos)
     trt_profile: tuple[int, int, int] = (1, 8, 64)  # TensorRT batch profile min / opt / max
-    # The `features` artefact (runtime.features): layer indices as given ("-2", "4,8,-1", "all"),
+    # The `features` artefact (runtime.contract.layer_outputs): layer indices as given ("-2", "4,8,-1", "all"),
     # resolved against the model's depth once it is loaded; attention "" is the pooling head's only.
     hidden_states: str | None = None
     attention: str | None = None
@@ -54,8 +54,6 @@ class ExportOptions:
         check_opset(self.opset)
         if not self.verify_batch_sizes or any(b < 1 for b in self.verify_batch_sizes):
             raise UserError(f"verify batch sizes must be positive integers, got {self.verify_batch_sizes}")
-        from .variants import BUILDERS  # the builders import these options' type
-
         if FEATURES in self.variants:
             raise UserError(f"{FEATURES!r} is not a --variants entry: ask for --hidden-states and/or --attention")
         # The syntax now; the range once the model's depth is known (the pipeline, after loading).
@@ -69,9 +67,6 @@ class ExportOptions:
         unknown = [v for v in self.variants if v not in known]
         if unknown:
             raise UserError(f"unknown variant {unknown[0]!r} (choose from {', '.join(known)})")
-        unbuildable = [v for v in self.variants if v not in BUILDERS]
-        if unbuildable:
-            raise UserError(f"variant {unbuildable[0]!r} is registered but has no builder (siglip_export.variants)")
         for variant, value in self.gates.items():
             if variant not in known:
                 raise UserError(f"--gate names unknown variant {variant!r} (choose from {', '.join(known)})")

@@ -5,9 +5,10 @@ place only after every gate passed, so a run killed at any moment never leaves a
 file under the final names, and a failed run leaves an earlier good export untouched.
 
 The steps are here, in order; what they use lives beside it: `options` (what was asked),
-`progress` (the console lines), `variants` (the faster variants), `records` (file and tool
-facts), `summary` (the table printed at the end), `runtime.contract` (file names and the
-manifest's records).
+`progress` (the console lines), `model` (the reference model and checkpoints), `graph` (torch
+-> ONNX), `verify` (the gates), `variants` (the faster variants), `records` (the manifest's
+records), `publication` (the atomic swap), `runtime.contract` (file names and the manifest's
+layout).
 """
 
 from __future__ import annotations
@@ -25,35 +26,43 @@ import numpy as np
 import onnx
 import torch
 
-from runtime.contract import KINDS, OUTPUTS, TOWERS, ArtefactKind
+from runtime.contract.kinds import KINDS, OUTPUTS, TOWERS, ArtefactKind
+from runtime.contract.layer_outputs import FEATURES
+from runtime.contract.manifest import MANIFEST, ArtefactRecord, Manifest, ModelRecord
 from runtime.errors import ArtefactError, UserError
-from runtime.features import FEATURES
-from runtime.manifest import MANIFEST, ArtefactRecord, Manifest, ModelRecord
-from runtime.preprocess import PREPROCESSOR_CONFIG, ImageSettings
-from runtime.session import sha256_file
+from runtime.files import sha256_file
+from runtime.inputs.images import PREPROCESSOR_CONFIG, ImageSettings
 
 from . import __version__
-from .checkpoint import load_pretrained, weight_files
-from .config import DEFAULT_PRESET, preset, save_config
-from .features import FeatureRequest, VisionFeatures, eager_feature_outputs, resize_position_embeddings
-from .modeling_siglip import SiglipModel, SiglipVisionModel, build_model
-from .onnx_export import (
-    ExportError,
+from .graph.build_errors import ExportError
+from .graph.torch_export import (
     batch_axis_is_symbolic,
     export_tower,
     io_signature,
     save_model,
     set_metadata,
+    simplify_portable,
     tower_spec,
 )
-from .optimize import simplify_portable
+from .model.checkpoint import load_pretrained, weight_files
+from .model.config import DEFAULT_PRESET, preset, save_config
+from .model.feature_tower import FeatureRequest, VisionFeatures, eager_feature_outputs, resize_position_embeddings
+from .model.modeling_siglip import SiglipModel, SiglipVisionModel, build_model
 from .options import ExportOptions
 from .progress import Progress
-from .publication import check_replaceable, is_within, make_scratch, publish, resolve_target
-from .records import file_record, tool_versions
-from .runtime_gates import measure, measure_elsewhere, reference_provider
-from .variants import TowerExport, build_variants
-from .verify import Gate, VerificationError, describe_failures, eager_outputs, tower_inputs
+from .publication import Staging, is_within
+from .records import artefact_record, tool_versions
+from .variants import TowerExport, build_variants, check_buildable
+from .verify.gate import (
+    Gate,
+    VerificationError,
+    describe_failures,
+    eager_outputs,
+    measure,
+    measure_elsewhere,
+    reference_provider,
+)
+from .verify.samples import tower_inputs
 
 # Files a runtime needs beside the models, copied from a checkpoint when present.
 TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
@@ -77,10 +86,9 @@ def owned_by_manifest(directory: Path) -> set[str]:
         return set()
 
 
-def prepare_output(target: Path) -> Path:
-    """Check the target can be replaced and create the scratch directory beside it."""
-    check_replaceable(target, MANIFEST, owned_by_manifest, "output directory")
-    return make_scratch(target, "output directory")
+def output_staging(output_dir: Path) -> Staging:
+    """The publication of an artefact directory: replaceable when empty or an earlier export's."""
+    return Staging(output_dir, MANIFEST, owned_by_manifest, "output directory")
 
 
 # --- steps ------------------------------------------------------------------------------------
@@ -214,10 +222,8 @@ def export_one(tower: TowerExport, target: ExportTarget, options: ExportOptions,
         raise VerificationError(describe_failures(path.name, parity, target.gate))
     others = measure_elsewhere(kind, path, target.reference, tower.inputs, target.gate, options.threads, progress,
                                parity.runtime)
-    inputs, outputs = signature
-    return ArtefactRecord(**file_record(path, data_files), tower=tower.name, variant=kind.variant, format=kind.format,
-                          precision=kind.precision, opset=options.opset, inputs=inputs, outputs=outputs,
-                          parity=parity, simplified=options.simplify, runtimes=others, build=target.build)
+    return artefact_record(path, data_files, tower=tower.name, kind=kind, opset=options.opset, signature=signature,
+                           parity=parity, runtimes=others, simplified=options.simplify, build=target.build)
 
 
 def copy_runtime_files(options: ExportOptions, model, scratch: Path, image_settings: ImageSettings) -> list[str]:
@@ -273,10 +279,11 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
     """Run the whole pipeline; returns the manifest. Raises UserError / VerificationError / ExportError."""
     progress = Progress(emit)
     options.check()
-    target = resolve_target(options.output_dir)
-    _check_paths(options, target)
-    scratch = prepare_output(target)
-    try:
+    check_buildable(options.variants)
+    stage = output_staging(options.output_dir)
+    _check_paths(options, stage.target)
+    with stage:
+        scratch = stage.scratch
         model, source = load_model(options, progress)
         towers = select_towers(model, options.towers)
         vision_config = model.config.vision_config if isinstance(model, SiglipModel) else model.config
@@ -315,9 +322,6 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
         prune_unlisted(scratch, manifest)
         manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest.write(scratch)
-        with progress.step(f"publish {target}"):
-            publish(scratch, target)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch, ignore_errors=True)
+        with progress.step(f"publish {stage.target}"):
+            stage.publish()
     return manifest

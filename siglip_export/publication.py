@@ -2,9 +2,12 @@
 then swap it into place. A run killed at any moment leaves no partial file under the final
 names, and a failed run leaves the previous directory untouched.
 
-Used for artefact directories (pipeline.py) and Triton repositories (triton.py). A target is
-only ever replaced when it is empty or holds exactly what an earlier run of ours wrote (as its
-record file lists): anything else in it is a user's file and is never deleted.
+`Staging` is the one sequence every publication goes through (artefact directories in
+pipeline.py, Triton repositories in siglip_export.triton): resolve the target, check it may be
+replaced, build in the scratch directory, publish by swapping it in, and remove the scratch
+whatever happens. A target is only ever replaced when it is empty or holds exactly what an
+earlier run of ours wrote (as its record file lists): anything else in it is a user's file and
+is never deleted.
 """
 
 from __future__ import annotations
@@ -110,3 +113,42 @@ def is_within(path: Path, other: Path) -> bool:
     """Whether `path` is `other` or lies inside it (both resolved)."""
     path, other = Path(path).resolve(), Path(other).resolve()
     return path == other or other in path.parents
+
+
+class Staging:
+    """A directory published atomically.
+
+        stage = Staging(target, MANIFEST, owned_by_manifest, "output directory")
+        with stage:                       # checked replaceable, scratch directory made beside it
+            ...write into stage.scratch...
+            stage.publish()               # swapped into place
+        # left without publishing (an error, Ctrl-C): the scratch is removed, the target untouched
+
+    `record` is the file that marks our output; `owned(target)` lists the names it accounts for;
+    `what` names the target in messages.
+    """
+
+    def __init__(self, path: str | os.PathLike, record: str, owned: Callable[[Path], set[str]], what: str):
+        self.target = resolve_target(path)
+        self.record, self.owned, self.what = record, owned, what
+        self.scratch: Path | None = None
+
+    def check(self) -> Path:
+        """UserError unless the target may be (re)placed; returns it."""
+        check_replaceable(self.target, self.record, self.owned, self.what)
+        return self.target
+
+    def __enter__(self) -> "Staging":
+        self.check()
+        self.scratch = make_scratch(self.target, self.what)
+        return self
+
+    def publish(self) -> None:
+        publish(self.scratch, self.target)
+
+    def __exit__(self, *exc) -> None:
+        if self.scratch is not None and self.scratch.exists():
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+__all__ = ["Staging", "is_within", "remove_stale_scratch", "resolve_target"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from siglip_export.config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from siglip_export.model.config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
 # Words for a sentencepiece corpus (with accents and CJK) and syllables that make up unseen words.
 REAL_WORDS = (

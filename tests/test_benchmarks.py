@@ -14,8 +14,8 @@ import torch
 from conftest import tiny_vision_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from siglip_export.config import preset
-from siglip_export.modeling_siglip import SiglipVisionModel
+from siglip_export.model.config import preset
+from siglip_export.model.modeling_siglip import SiglipVisionModel
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
@@ -236,8 +236,8 @@ def test_device_resident_and_half_modes_run_on_the_cpu(tiny_artefacts, tmp_path,
     import numpy as np
 
     from benchmarks import backends, worker
-    from runtime.contract import ONNX
-    from runtime.session import OnnxModel
+    from runtime.contract.kinds import ONNX
+    from runtime.runners.onnxruntime_model import OnnxModel
 
     twins = [backends.Backend("test-ort-resident", "cpu", backends.OrtRunner, "ORT CPU, staged inputs",
                               formats=(ONNX,), provider="cpu", resident=True),

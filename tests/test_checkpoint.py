@@ -9,7 +9,7 @@ import torch
 from conftest import hf_model, rel_err, tiny_config, write_checkpoint
 
 from siglip_export import CheckpointError, ConfigError, SiglipModel, load_pretrained
-from siglip_export.checkpoint import weight_files
+from siglip_export.model.checkpoint import weight_files
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import tiny_config, tiny_vision_config
 
-from siglip_export.config import (
+from siglip_export.model.config import (
     PRESETS,
     ConfigError,
     SiglipConfig,

@@ -1,4 +1,4 @@
-"""The artefact contract (runtime/contract.py), the typed manifest (runtime/manifest.py), and a
+"""The artefact contract (runtime/contract/kinds.py), the typed manifest (runtime/contract/manifest.py), and a
 throw-away kind that flows through export -> manifest -> Artefacts -> Triton -> benchmark plan."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from conftest import hf_model, tiny_config
 
-import runtime.contract as contract
+import runtime.contract.kinds as contract
 from runtime import ArtefactError, ImageEncoder, InputError, ProviderError, UserError
 from runtime.__main__ import main as runtime_main
 from runtime.artefacts import Artefacts
-from runtime.contract import KINDS, ONNX, ArtefactKind, Runner, open_runner, register, unregister
-from runtime.manifest import SCHEMA_VERSION, Manifest
-from runtime.session import OnnxModel
+from runtime.contract.kinds import KINDS, ONNX, ArtefactKind, Runner, open_runner, register, unregister
+from runtime.contract.manifest import SCHEMA_VERSION, Manifest
+from runtime.runners.onnxruntime_model import OnnxModel
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "siglip_export" / "photos").glob("*.jpg"))
@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an inst
 # --- the registry -------------------------------------------------------------------------------
 
 def test_module_docstring_table_is_the_registry():
-    """The table a reader sees at the top of contract.py lists exactly the registered kinds."""
+    """The table a reader sees at the top of runtime/contract/kinds.py lists exactly the registered kinds."""
     rows = [line for line in contract.__doc__.splitlines() if line.startswith("| ") and "---" not in line][1:]
     documented = {}
     for row in rows:
@@ -71,7 +71,7 @@ def test_runners_implement_the_protocol(tiny_artefacts):
     model = open_runner(KINDS[None], artefacts / "vision_model.onnx", provider="cpu")
     assert isinstance(model, OnnxModel) and isinstance(model, Runner)
     if importlib.util.find_spec("openvino") is not None:
-        from runtime.openvino_model import OpenVinoModel
+        from runtime.runners.openvino_model import OpenVinoModel
 
         assert isinstance(OpenVinoModel(artefacts / "vision_model.onnx", precision="f32"), Runner)
 
@@ -85,7 +85,7 @@ def test_a_provider_the_kind_does_not_run_on_is_refused(tiny_artefacts):
 
 
 def test_auto_tries_the_kinds_providers_in_order_up_to_the_cpu(monkeypatch):
-    import runtime.session as session
+    import runtime.runners.onnxruntime_model as session
 
     class FakeOrt:  # an onnxruntime-gpu build on a machine with a driver
         @staticmethod
@@ -189,7 +189,7 @@ def test_manifests_this_version_cannot_read_are_refused_in_one_line(tiny_artefac
 @pytest.fixture
 def copy_kind():
     """A throw-away kind: the plain fp32 graph under another name, CPU only, image tower only."""
-    from siglip_export.variants import BUILDERS, Built, builder
+    from siglip_export.variants.registry import BUILDERS, Built, builder
 
     kind = register(ArtefactKind("fp32-copy", ".copy.onnx", ONNX, "fp32", "onnxruntime", ("cpu",), gate=0.99999,
                                  towers=("vision",), description="test kind: a copy of the plain graph"))
@@ -208,7 +208,7 @@ def test_a_registered_kind_flows_through_every_consumer(copy_kind, tmp_path, cap
     from benchmarks.backends import BACKENDS
     from benchmarks.plan import plan_backends
     from siglip_export.cli import main as export_main
-    from siglip_export.triton import TritonOptions, plan_models
+    from siglip_export.triton.repository import TritonOptions, plan_models
 
     ckpt = tmp_path / "ckpt"
     hf_model(tiny_config()).save_pretrained(ckpt)
@@ -243,13 +243,14 @@ def test_a_registered_kind_flows_through_every_consumer(copy_kind, tmp_path, cap
         by["ort-cuda", "vision_model.opt.onnx"].skipped
 
 
-def test_a_kind_without_a_builder_is_refused_before_any_work():
-    from siglip_export.options import ExportOptions
+def test_a_kind_without_a_builder_is_refused_before_any_work(tmp_path):
+    from siglip_export.pipeline import ExportOptions, run_export
 
     register(ArtefactKind("unbuilt", ".unbuilt.onnx", ONNX, "fp32", "onnxruntime", ("cpu",), gate=0.9))
     try:
         with pytest.raises(UserError, match="variant 'unbuilt' is registered but has no builder"):
-            ExportOptions(variants=("unbuilt",)).check()
+            run_export(ExportOptions(variants=("unbuilt",), output_dir=tmp_path / "out"), emit=None)
+        assert not (tmp_path / "out").exists()  # refused before the model was built or anything written
     finally:
         unregister("unbuilt")
 

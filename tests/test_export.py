@@ -20,9 +20,9 @@ from conftest import hf_model, rel_err, tiny_config, write_checkpoint
 
 import export as export_cli
 from runtime.errors import ArtefactError
-from runtime.session import OnnxModel
+from runtime.runners.onnxruntime_model import OnnxModel
 from siglip_export.pipeline import ExportOptions, run_export
-from siglip_export.verify import Gate, VerificationError
+from siglip_export.verify.gate import Gate, VerificationError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import torch
 from conftest import hf_model, rel_err, tiny_config, tiny_vision_config
 
 from runtime import ImageEncoder
-from runtime.preprocess import ImageSettings, preprocess
+from runtime.inputs.images import ImageSettings, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted(str(p) for p in (ROOT / "siglip_export" / "photos").glob("*.jpg"))[:3]
@@ -155,7 +155,7 @@ def test_export_bad_input_is_one_line_and_exit_2(tiny_hf_checkpoint, tmp_path):
 
 
 def test_naflex_is_refused_by_name(tmp_path):
-    from siglip_export.config import ConfigError, config_from_dict
+    from siglip_export.model.config import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match="NaFlex"):
         config_from_dict({"model_type": "siglip2", "vision_config": {}, "text_config": {}})

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REAL_WORDS, hf_model, tiny_config, train_gemma_sentencepiece
 
-from runtime.gemma_tokenizer import GemmaTokenizer, is_gemma
+from runtime.inputs.gemma_tokenizer import GemmaTokenizer, is_gemma
 
 CONFIGS = {
     "transformers defaults (left padding)": {},

@@ -1,4 +1,4 @@
-"""Issue 11's artefacts for ONNX Runtime's CUDA provider, checked on the CPU: the fused fp16 image
+"""The artefacts for ONNX Runtime's CUDA provider, checked on the CPU: the fused fp16 image
 tower (`cuda-fp16`), the one that takes uint8 images (`cuda-fp16-u8`), and the runtime's bound
 buffers and output selection. What needs a GPU carries the `gpu` marker."""
 
@@ -14,11 +14,13 @@ from conftest import hf_model, tiny_config
 from onnx import TensorProto, helper
 
 from runtime import ImageEncoder, InputError
-from runtime.contract import KINDS
-from runtime.preprocess import ImageSettings, normalise_table, preprocess, resized
-from runtime.session import OnnxModel, nvidia_driver_present
-from runtime.triton_config import tensor_block
-from siglip_export.optimize import float32_products, op_counts, with_uint8_input
+from runtime.contract.kinds import KINDS
+from runtime.inputs.images import ImageSettings, normalise_table, preprocess, resized
+from runtime.runners.environment import nvidia_driver_present
+from runtime.runners.onnxruntime_model import OnnxModel
+from runtime.serving.model_config import tensor_block
+from siglip_export.graph.float_builders import float32_products, with_uint8_input
+from siglip_export.graph.torch_export import op_counts
 from siglip_export.pipeline import ExportOptions, run_export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,7 +245,7 @@ def test_cuda_fp16_on_the_gpu(exported):
 
 
 def test_attention_route_probe_runs_on_the_cpu(exported, tmp_path, capsys):
-    """benchmarks/attention_route.py (issue 11's route choice) on the CPU provider: the opset-23
+    """benchmarks/attention_route.py (the GPU attention route choice) on the CPU provider: the opset-23
     file is all standard Attention in fp16, both files hold the gate, every batch size is timed."""
     import json
 

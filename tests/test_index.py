@@ -17,9 +17,10 @@ import pytest
 from benchmarks.make_collection import make_collection
 from runtime import ImageEncoder
 from runtime.__main__ import main
-from runtime.collection import finished_shard, list_images, read_shard, shard_name
-from runtime.index_build import IndexOptions, build_index
-from runtime.index_search import ImageIndex
+from runtime.index.build import IndexOptions, build_index
+from runtime.index.search import ImageIndex
+from runtime.index.shards import finished_shard, read_shard, shard_name
+from runtime.index.sources import list_images
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "siglip_export" / "photos").glob("*.jpg"))
@@ -283,7 +284,7 @@ def test_ray_run_equals_the_local_run_image_for_image(generated, tiny_artefacts,
 def test_large_collections_get_an_hnsw_store_that_finds_the_exact_neighbours(tmp_path, monkeypatch):
     """Above EXACT_ROWS the store is FAISS HNSW; on clustered vectors its top 10 agree with exact search."""
     from benchmarks.vector_store import collection, exact_top
-    from runtime import vector_store
+    from runtime.index import store as vector_store
 
     monkeypatch.setattr(vector_store, "EXACT_ROWS", 100)
     data, query = collection(3000, 64, 20, seed=1)

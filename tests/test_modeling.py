@@ -19,7 +19,7 @@ from siglip_export import (
     preset,
     sigmoid_loss,
 )
-from siglip_export.checkpoint import convert_hf_state_dict, load_state_dict_strict
+from siglip_export.model.checkpoint import convert_hf_state_dict, load_state_dict_strict
 
 
 def test_seed_contract_base_shape():

@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import rel_err
 
-from runtime.parity import min_row_cosine as min_cosine
-from runtime.preprocess import ImageSettings, preprocess
+from runtime.contract.parity import min_row_cosine as min_cosine
+from runtime.inputs.images import ImageSettings, preprocess
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[dev]')")
 
@@ -100,7 +100,7 @@ def test_bf16_default_is_what_the_f32_hint_avoids(tiny_artefacts, photos32):
 def test_runner_asks_for_f32_where_the_cpu_reports_no_bf16(tiny_artefacts, monkeypatch):
     """OpenVINO's own choice of precision follows the CPU it detects, which may differ from the
     capabilities it reports (a CPU without bf16 is emulated here by hiding BF16)."""
-    from runtime.openvino_model import OpenVinoModel
+    from runtime.runners.openvino_model import OpenVinoModel
 
     artefacts, _ = tiny_artefacts
     reported = ov.Core.get_property

@@ -1,4 +1,4 @@
-"""runtime.preprocess against transformers' PIL/numpy SigLIP image processor: bit for bit.
+"""runtime.inputs.images against transformers' PIL/numpy SigLIP image processor: bit for bit.
 
 The reference is `SiglipImageProcessorPil` (transformers 5.x; the 4.x `SiglipImageProcessor`
 behaviour the released models use), configured from the same preprocessor_config.json.
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from runtime.errors import ArtefactError, InputError
-from runtime.preprocess import PREPROCESSOR_CONFIG, ImageSettings, load_image, preprocess, to_rgb
+from runtime.inputs.images import PREPROCESSOR_CONFIG, ImageSettings, load_image, preprocess, to_rgb
 
 transformers = pytest.importorskip("transformers")
 from transformers import SiglipImageProcessorPil  # noqa: E402

@@ -20,15 +20,15 @@ import pytest
 from conftest import hf_model, tiny_config, tiny_vision_config
 
 from runtime import ImageEncoder, ProviderError
-from runtime.contract import KINDS, runtime_of
-from runtime.manifest import Manifest
-from runtime.session import OnnxModel
-from siglip_export import outlier_split
-from siglip_export.int8_search import Candidate, search, target_for
-from siglip_export.openvino_graph import for_openvino, unflatten_products, unpack_products
-from siglip_export.optimize import VariantFailed
+from runtime.contract.kinds import KINDS, runtime_of
+from runtime.contract.manifest import Manifest
+from runtime.runners.onnxruntime_model import OnnxModel
+from siglip_export.graph.build_errors import VariantFailed
+from siglip_export.graph.openvino_rewrite import for_openvino, unflatten_products, unpack_products
 from siglip_export.pipeline import ExportOptions, run_export
-from siglip_export.smoothquant import norm_outputs, smooth
+from siglip_export.quantize import outlier_split
+from siglip_export.quantize.int8_search import Candidate, search, target_for
+from siglip_export.quantize.smoothquant import norm_outputs, smooth
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
@@ -74,7 +74,7 @@ def test_stress_checkpoints_publish_within_gates_or_reject(stressed):
     if kind == "outliers":  # the checkpoint carries what it promises: 70000 in the residual stream
         import torch
 
-        from siglip_export.checkpoint import load_pretrained
+        from siglip_export.model.checkpoint import load_pretrained
 
         model = load_pretrained(out.parent / "ckpt")
         with torch.no_grad():
@@ -144,7 +144,7 @@ def test_smoothquant_keeps_the_float_model(outliers_onnx, tmp_path):
 
 
 def _channel_peaks(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    from siglip_export.int8_search import _Recorder
+    from siglip_export.quantize.int8_search import _Recorder
 
     return {n: np.abs(v).reshape(-1, v.shape[-1]).max(axis=0) for n, v in _Recorder(onnx.load(str(path)), names)(x).items()}
 
@@ -244,7 +244,7 @@ def test_split_source_races_the_plain_search(outliers_onnx, tmp_path, faster, mo
     """Where the first search keeps much in float, the source with outliers split off is searched
     too, and the faster of the two passing files is published (here the quantiser, scores and
     timings are stand-ins; the real ones run in the stress-checkpoint tests)."""
-    from siglip_export import int8_search
+    from siglip_export.quantize import int8_search
 
     monkeypatch.setattr(int8_search, "SPLIT_WORTH", 0.0)  # whatever stays in float, the split is tried
 

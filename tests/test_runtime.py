@@ -18,8 +18,9 @@ from conftest import rel_err
 from runtime import ArtefactError, ImageEncoder, InputError, OnnxModel, ProviderError, TextEncoder, ZeroShotClassifier
 from runtime.__main__ import main as runtime_main
 from runtime.artefacts import Artefacts
-from runtime.preprocess import ImageSettings, preprocess
-from runtime.session import TensorRTOptions, nvidia_driver_present, tensorrt_libraries_present
+from runtime.inputs.images import ImageSettings, preprocess
+from runtime.runners.environment import nvidia_driver_present, tensorrt_libraries_present
+from runtime.runners.onnxruntime_model import TensorRTOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "siglip_export" / "photos").glob("*.jpg"))
@@ -318,7 +319,7 @@ def test_cli_classify_text_and_json(text_artefacts):
 
 
 def test_engine_built_elsewhere_is_refused_with_both_values(tmp_path):
-    from runtime.tensorrt_engine import check_compatible, read_metadata
+    from runtime.runners.tensorrt_engine import check_compatible, read_metadata
 
     engine = tmp_path / "vision_model.fp16.engine"
     engine.write_bytes(b"\0")
@@ -341,7 +342,7 @@ def test_engine_built_elsewhere_is_refused_with_both_values(tmp_path):
 def test_native_tensorrt_engine_builds_and_matches(tmp_path):
     from conftest import hf_model, tiny_config
 
-    from runtime.tensorrt_engine import TensorRTEngine
+    from runtime.runners.tensorrt_engine import TensorRTEngine
     from siglip_export.pipeline import ExportOptions, run_export
 
     ckpt = tmp_path / "ckpt"

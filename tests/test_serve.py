@@ -31,7 +31,8 @@ grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from runtime import ImageEncoder, TextEncoder, ZeroShotClassifier  # noqa: E402
-from runtime.serve import ServeOptions, Server  # noqa: E402
+from runtime.serving.server import Server  # noqa: E402
+from runtime.serving.settings import ServeOptions
 
 MAX_BATCH = 8
 
@@ -270,7 +271,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(text_artefacts):
 
 
 def test_missing_triton_names_the_install(monkeypatch, text_artefacts):
-    import runtime.serve as serve
+    import runtime.serving.server as serve
     from runtime.errors import UserError
 
     monkeypatch.setattr(serve.importlib.util, "find_spec", lambda name: None)
@@ -281,8 +282,8 @@ def test_missing_triton_names_the_install(monkeypatch, text_artefacts):
 def test_repository_matches_the_written_triton_repo(text_artefacts, tmp_path):
     """The served models carry the names, tensors and dims of the --triton-repo configs."""
     from runtime.artefacts import Artefacts
-    from runtime.serve import plan
-    from siglip_export.triton import write_triton_repo
+    from runtime.serving.models import plan
+    from siglip_export.triton.repository import write_triton_repo
 
     directory = text_artefacts[0]
     write_triton_repo(directory, tmp_path / "repo")

@@ -1,4 +1,4 @@
-"""runtime.tokenizer against transformers' SiglipTokenizer, id for id.
+"""runtime.inputs.siglip_tokenizer against transformers' SiglipTokenizer, id for id.
 
 The sentencepiece model is trained here, once per module, in the released SigLIP layout
 (`<pad>` = 0, `</s>` = 1, `<unk>` = 2, no `<s>`; unigram; default nmt_nfkc normaliser with
@@ -17,7 +17,7 @@ import pytest
 from conftest import REAL_WORDS, train_sentencepiece
 
 from runtime.errors import ArtefactError, InputError
-from runtime.tokenizer import SiglipTokenizer
+from runtime.inputs.siglip_tokenizer import SiglipTokenizer
 
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")

@@ -25,10 +25,10 @@ import pytest
 from conftest import hf_model, tiny_config
 
 from runtime import ArtefactError, UserError
-from runtime.preprocess import ImageSettings, preprocess
-from runtime.session import OnnxModel
-from runtime.session import sha256_file as sha256
-from siglip_export.triton import REPO_RECORD, TritonOptions, write_triton_repo
+from runtime.files import sha256_file as sha256
+from runtime.inputs.images import ImageSettings, preprocess
+from runtime.runners.onnxruntime_model import OnnxModel
+from siglip_export.triton.repository import REPO_RECORD, TritonOptions, write_triton_repo
 
 
 def _load_model_config_pb2():

@@ -13,8 +13,8 @@ from conftest import hf_model, tiny_config
 
 import export as export_cli
 from runtime import ImageEncoder, InputError
-from runtime.manifest import Manifest
-from runtime.session import OnnxModel
+from runtime.contract.manifest import Manifest
+from runtime.runners.onnxruntime_model import OnnxModel
 from siglip_export.pipeline import ExportOptions, run_export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,9 +165,9 @@ def test_impossible_gates_reject_and_others_still_publish(checkpoint, tmp_path, 
 
 
 def test_incomplete_fusion_is_rejected_with_counts(checkpoint, tmp_path, monkeypatch):
-    import siglip_export.optimize as optimize
+    import siglip_export.graph.float_builders as float_builders
 
-    monkeypatch.setattr(optimize, "_expected_fusions",
+    monkeypatch.setattr(float_builders, "_expected_fusions",
                         lambda config, tower: {"Attention": 99, "SkipLayerNormalization": 4, "GELU": 3})
     manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",),
                                         variants=("opt", "int8"), verify_batch_sizes=(2,)), emit=None)
@@ -240,12 +240,12 @@ def test_image_only_variants_are_reported_skipped_for_the_text_tower(checkpoint,
 
 
 def test_a_variant_that_crashes_is_rejected_and_the_rest_published(checkpoint, tmp_path, monkeypatch):
-    import siglip_export.variants as variants
+    from siglip_export.variants import builders
 
     def broken(path):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(variants, "build_fp16", broken)
+    monkeypatch.setattr(builders, "build_fp16", broken)
     manifest = run_export(ExportOptions(checkpoint=checkpoint, output_dir=tmp_path / "o", towers=("vision",),
                                         variants=("fp16", "opt"), verify_batch_sizes=(2,)), emit=None)
     assert manifest.rejected[0].reason == "build failed: RuntimeError: converter exploded"

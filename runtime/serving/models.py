@@ -1,0 +1,94 @@
+"""The models `siglip-runtime serve` puts in Triton's repository: one per tower (its variant where
+it has one) and zero-shot classification with both towers, each a config.pbtxt (the tensors,
+dims and batching of the `--triton-repo` configs, runtime.serving.model_config) and a model.py
+that loads its class from runtime.serving.backend inside Triton's Python backend."""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artefacts import Artefacts
+from ..contract.manifest import TensorInfo
+from ..errors import UserError
+from .model_config import batching_lines, instance_lines, model_name, parameter_lines, tensor_block
+from .settings import ServeOptions
+
+BACKEND_MODULE = "runtime.serving.backend"
+
+
+def model_py(class_name: str) -> str:
+    """The model.py Triton loads: this environment's import path, then the class from runtime."""
+    site_dirs = [d for d in site.getsitepackages() + [site.getusersitepackages()] if Path(d).is_dir()]
+    paths = [p or os.getcwd() for p in sys.path]
+    return "\n".join([
+        "# Written by siglip-runtime serve for Triton's Python backend: this environment's import path,",
+        "# then the model class from runtime.",
+        "import site",
+        "import sys",
+        "",
+        f"for _d in {site_dirs!r}:",
+        "    site.addsitedir(_d)",
+        f"for _p in reversed({paths!r}):",
+        "    if _p not in sys.path:",
+        "        sys.path.insert(0, _p)",
+        "",
+        f"from {BACKEND_MODULE} import {class_name} as TritonPythonModel  # noqa: E402,F401",
+        "",
+    ])
+
+
+@dataclass
+class ServedModel:
+    name: str
+    config: str
+    class_name: str
+
+
+def plan(artefacts: Artefacts, options: ServeOptions) -> list[ServedModel]:
+    """The models to serve: each tower (its variant where it has one), and zero-shot with both towers."""
+    if options.variant and not any(artefacts.has_variant(t, options.variant) for t in artefacts.towers):
+        raise UserError(f"--variant {options.variant!r}: {artefacts.directory} has no such artefact "
+                        f"(towers: {', '.join(artefacts.towers)})")
+    cores = os.cpu_count() or 1
+    threads = options.threads or max(1, cores // options.instances)
+    common = {"artefacts": str(artefacts.directory.resolve()), "provider": options.provider,
+              "threads": str(threads), "allow_unverified": "1" if options.allow_unverified else "0"}
+    models = []
+    for tower in artefacts.towers:
+        variant = options.variant if options.variant and artefacts.has_variant(tower, options.variant) else None
+        record = artefacts.record(tower, variant)
+        name = model_name(options.prefix, tower, variant)
+        lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {options.max_batch}"]
+        lines += tensor_block("input", record.inputs, record.file)
+        lines += tensor_block("output", record.outputs, record.file)
+        lines += batching_lines((), options.queue_delay_us)
+        lines += instance_lines(options.instances, "KIND_CPU")
+        lines += parameter_lines({**common, "tower": tower, "variant": variant or ""})
+        models.append(ServedModel(name, "\n".join(lines) + "\n", "TowerModel"))
+    if options.zero_shot and _can_classify(artefacts):
+        vision = artefacts.record("vision", options.variant if options.variant and
+                                  artefacts.has_variant("vision", options.variant) else None)
+        pixels = TensorInfo("pixel_values", vision.inputs[0].dtype, vision.inputs[0].shape)
+        lines = [f'name: "{options.prefix}_zero_shot"', 'backend: "python"', "max_batch_size: 0"]
+        lines += tensor_block("input", [pixels, TensorInfo("text", "uint8", ["bytes"])], vision.file, batched=False)
+        lines += tensor_block("output", [TensorInfo("probabilities", "float32", ["images", "labels"]),
+                                         TensorInfo("logits", "float32", ["images", "labels"])], vision.file,
+                              batched=False)
+        lines += instance_lines(options.instances, "KIND_CPU")
+        lines += parameter_lines({**common, "variant": options.variant or ""})
+        models.append(ServedModel(f"{options.prefix}_zero_shot", "\n".join(lines) + "\n", "ZeroShotModel"))
+    return models
+
+
+def _can_classify(artefacts: Artefacts) -> bool:
+    """Zero-shot needs both towers, the tokenizer and the logit scale and bias."""
+    model = artefacts.manifest.model if artefacts.manifest is not None else None
+    return ({"vision", "text"} <= set(artefacts.towers) and artefacts.has_tokenizer()
+            and model is not None and model.logit_scale is not None)
+
+
+__all__ = ["BACKEND_MODULE", "ServedModel", "model_py", "plan"]
