@@ -1,5 +1,6 @@
-"""`siglip-runtime` (or `python -m runtime`): embed images or classify them zero-shot with an
-exported artefact directory.
+"""`siglip-runtime` (or `python -m runtime`): run an exported artefact directory: embed images,
+classify them zero-shot, draw attention maps, serve the models from Triton, index an image
+collection and search it.
 
     siglip-runtime embed artifacts cat.jpg dog.jpg --output vectors.npy [--normalize]
     siglip-runtime classify artifacts cat.jpg --labels cat dog "a red car" [--json]
@@ -8,6 +9,9 @@ exported artefact directory.
     siglip-runtime serve artifacts [--http-port 8000] [--grpc-port 8001] [--max-batch 64] ...
     siglip-runtime index photos/ --artefacts artifacts --output photos.index [--ray [ADDRESS]]
     siglip-runtime search photos.index "a red car" [--top-k 10] [--json]     # or --image query.jpg
+
+Every subcommand that reads an artefact directory takes it as `--artefacts DIR`; embed, classify,
+attention and serve also take it as their first argument (`embed DIR IMAGE...`).
 
 Exit status: 0 done; 2 bad input (one line on stderr: a missing or corrupt image, a missing
 artefact directory, a model without a text tower or tokenizer, ...); 1 an internal error.
@@ -36,8 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(prog=invoked if invoked == "siglip-runtime" else "python -m runtime",
                             description=" ".join(__doc__.split("\n\n")[0].split()))
     common = ArgumentParser(add_help=False)
-    common.add_argument("artefacts", type=Path, metavar="ARTEFACT_DIR", help="directory written by export.py")
-    common.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    common.add_argument("items", nargs="+", metavar="[ARTEFACT_DIR] IMAGE",
+                        help="the artefact directory written by export.py (unless --artefacts names it), then the "
+                        "image files")
+    common.add_argument("--artefacts", type=Path, default=None, metavar="DIR", help="the artefact directory")
     common.add_argument("--provider", choices=("auto", *PROVIDERS), default="auto",
                         help="where to run: ONNX Runtime's cpu, cuda or tensorrt provider, or openvino (OpenVINO's "
                         "CPU plugin); default auto: TensorRT, then CUDA, then CPU, among the runtimes the export "
@@ -73,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                            description="Serve the image tower, the text tower and zero-shot classification from "
                            "Triton Inference Server (Python backend around runtime), in the foreground until "
                            "Ctrl-C or SIGTERM. Needs: " + PYTRITON_INSTALL)
-    serve.add_argument("artefacts", type=Path, metavar="ARTEFACT_DIR", help="directory written by export.py")
+    serve.add_argument("artefact_dir", type=Path, nargs="?", default=None, metavar="ARTEFACT_DIR",
+                       help="directory written by export.py (or --artefacts DIR)")
+    serve.add_argument("--artefacts", type=Path, default=None, metavar="DIR", help="the artefact directory")
     serve.add_argument("--variant", default=None, help="serve this variant of each tower that has it (default: fp32)")
     serve.add_argument("--provider", choices=("auto", *PROVIDERS), default="auto", help="as for embed")
     serve.add_argument("--allow-unverified", action="store_true", help="as for embed")
@@ -89,9 +97,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--instances", type=positive_int, default=1, help="model copies (processes) per model (default 1)")
     serve.add_argument("--threads", type=positive_int, default=None,
                        help="ONNX Runtime threads per instance (default: the cores divided among the instances)")
-    serve.add_argument("--exit-timeout-s", type=non_negative_int, default=30,
-                       help="on SIGTERM / Ctrl-C, how long to wait for in-flight requests (default 30); open "
-                       "keep-alive HTTP connections, even idle ones, hold the exit this long")
+    serve.add_argument("--exit-timeout-s", type=non_negative_int, default=20,
+                       help="on SIGTERM / Ctrl-C, how long Triton may wait for open HTTP connections (idle keep-alive "
+                       "ones too) and in-flight requests (default 20: with the 5 s before a kill, a stop fits "
+                       "Kubernetes' default 30 s grace period)")
     serve.add_argument("--no-zero-shot", action="store_true", help="do not serve <prefix>_zero_shot")
     serve.add_argument("--verbose", action="store_true", help="show Triton's own log")
     serve.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -102,6 +111,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.query, extra = extra[0], []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("embed", "classify", "attention"):
+        if args.artefacts is None:
+            if len(args.items) < 2:
+                parser.error(f"{args.command} needs an artefact directory and at least one image "
+                             f"({args.command} DIR IMAGE... or {args.command} --artefacts DIR IMAGE...)")
+            args.artefacts, args.items = Path(args.items[0]), args.items[1:]
+        args.images = list(args.items)
+    elif args.command == "serve":
+        if args.artefacts is not None and args.artefact_dir is not None and args.artefacts != args.artefact_dir:
+            parser.error(f"serve got two artefact directories ({args.artefact_dir} and --artefacts {args.artefacts})")
+        args.artefacts = args.artefacts or args.artefact_dir
+        if args.artefacts is None:
+            parser.error("serve needs an artefact directory (serve DIR or serve --artefacts DIR)")
     return args
 
 

@@ -200,6 +200,22 @@ def test_cli_embed_writes_npy_in_argument_order(tiny_artefacts, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["vectors.npy"]  # no temporary file left
 
 
+def test_cli_takes_the_artefact_directory_as_a_flag_too(tiny_artefacts, tmp_path, capsys):
+    """`embed --artefacts DIR IMAGE...` equals `embed DIR IMAGE...`; without a directory: one line, exit 2."""
+    artefacts, _ = tiny_artefacts
+    first, second = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert runtime_main(["embed", str(artefacts), str(PHOTOS[0]), str(PHOTOS[1]), "--output", str(first)]) == 0
+    assert runtime_main(["embed", "--artefacts", str(artefacts), str(PHOTOS[0]), str(PHOTOS[1]),
+                         "--output", str(second)]) == 0
+    assert np.array_equal(np.load(first), np.load(second)) and np.load(second).shape == (2, 32)
+    capsys.readouterr()
+    for argv in (["embed", str(PHOTOS[0]), "--output", str(first)], ["serve"]):
+        with pytest.raises(SystemExit) as exited:
+            runtime_main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exited.value.code == 2 and len(err) == 1 and "needs an artefact directory" in err[0], err
+
+
 def test_cli_errors_are_one_line(tiny_artefacts, tmp_path, capsys):
     artefacts, _ = tiny_artefacts
     corrupt = tmp_path / "corrupt.jpg"

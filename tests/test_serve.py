@@ -241,6 +241,40 @@ def test_cli_serves_and_sigterm_finishes_in_flight_requests(text_artefacts, tmp_
             process.kill()
 
 
+def test_cli_stops_within_the_kubernetes_grace_period_with_an_idle_client(text_artefacts, tmp_path):
+    """With the default exit timeout, SIGTERM to `serve` (what Kubernetes sends, then SIGKILL 30 s
+    later) ends it within 30 s although a client keeps its keep-alive connection open and idle:
+    Triton spends the exit timeout waiting for that connection to close."""
+    import http.client
+
+    h, g, m = free_ports(3)
+    command = [sys.executable, "-m", "runtime", "serve", "--artefacts", str(text_artefacts[0]), "--http-port", str(h),
+               "--grpc-port", str(g), "--metrics-port", str(m), "--no-zero-shot", "--threads", "1"]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+    connection = http.client.HTTPConnection("127.0.0.1", h, timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "listening" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        connection.request("GET", "/v2/health/ready")  # HTTP/1.1: the connection stays open after the reply
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200 and not response.will_close
+        begun = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()
+        took = time.monotonic() - begun
+        assert took < 30, f"stop took {took:.1f} s with an idle client connected"
+        assert "stopped" in log.read_text()
+    finally:
+        connection.close()
+        if process.poll() is None:
+            process.kill()
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "runtime", "serve", *args], capture_output=True, text=True,
                           timeout=120)

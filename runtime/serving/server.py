@@ -51,6 +51,10 @@ from .settings import ServeOptions
 PYTRITON_INSTALL = "pip install --no-deps nvidia-pytriton==0.7.0"
 
 
+# After SIGTERM and the exit timeout, how long tritonserver gets to exit before it is killed.
+STOP_MARGIN_S = 5
+
+
 class ServerError(RuntimeError):
     """tritonserver failed after it started (not a user mistake): exit status 1."""
 
@@ -226,13 +230,14 @@ class Server:
         return " | ".join((errors or text)[-lines:])
 
     def stop(self) -> int | None:
-        """SIGTERM: Triton stops taking requests, lets in-flight ones finish (up to exit_timeout_s),
-        unloads the models and exits. Returns its exit status."""
+        """SIGTERM: Triton stops taking requests, lets open connections and in-flight requests finish
+        (up to exit_timeout_s), unloads the models and exits; killed STOP_MARGIN_S later if it has
+        not. Returns its exit status."""
         status = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                status = self.process.wait(timeout=self.options.exit_timeout_s + 30)
+                status = self.process.wait(timeout=self.options.exit_timeout_s + STOP_MARGIN_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 status = self.process.wait()

@@ -25,7 +25,10 @@ class ServeOptions:
     allow_unverified: bool = False
     zero_shot: bool = True  # serve `<prefix>_zero_shot` when the export has both towers
     prefix: str = "siglip"
-    exit_timeout_s: int = 30  # how long a stop waits for in-flight requests
+    # How long a stop lets Triton drain: it waits for open HTTP connections to close (idle
+    # keep-alive ones included) and for in-flight requests, out of this one budget. 20 s, so that
+    # with the kill after STOP_MARGIN_S the whole stop fits Kubernetes' default 30 s grace period.
+    exit_timeout_s: int = 20
     start_timeout_s: float = 300.0
 
     def __post_init__(self):
