@@ -9,7 +9,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from runtime.runners.environment import ISA_FLAGS, cpu_identity
+from runtime.runners.environment import ISA_FLAGS, cpu_identity, usable_cores  # noqa: F401 (benchmarks import it from here)
 
 RECORDED_VERSIONS = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "numpy", "tensorrt", "matplotlib")
 
