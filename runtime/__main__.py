@@ -53,8 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads (default: all cores)")
     common.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     common.add_argument("--variant", default=None,
-                        help=f"run one of the image tower's variants ({', '.join(variant_names())}); classify uses "
-                        "the text tower's variant too when the export has one")
+                        help=f"run one of the image tower's variants ({', '.join(variant_names())}), or fp32 (plain) "
+                        "for the plain file; classify uses the text tower's variant too when the export has one. "
+                        "Default: the fastest verified file the export's race recorded for the provider in use "
+                        "(export.py --target), else fp32; the choice and its reason are printed")
     common.add_argument("--trt-fp16", action="store_true", help="TensorRT provider: build an fp16 engine")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,7 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("artefact_dir", type=Path, nargs="?", default=None, metavar="ARTEFACT_DIR",
                        help="directory written by export.py (or --artefacts DIR)")
     serve.add_argument("--artefacts", type=Path, default=None, metavar="DIR", help="the artefact directory")
-    serve.add_argument("--variant", default=None, help="serve this variant of each tower that has it (default: fp32)")
+    serve.add_argument("--variant", default=None,
+                       help="serve this variant of each tower that has it, or fp32 (default: each tower's fastest "
+                       "verified file from the export's race, else fp32; the model names stay siglip_vision / "
+                       "siglip_text)")
     serve.add_argument("--provider", choices=("auto", *PROVIDERS), default="auto", help="as for embed")
     serve.add_argument("--allow-unverified", action="store_true", help="as for embed")
     serve.add_argument("--host", default="127.0.0.1",
@@ -143,7 +148,9 @@ def _index_parsers(sub) -> None:
     index.add_argument("--artefacts", type=Path, required=True, metavar="DIR", help="directory written by export.py")
     index.add_argument("--output", type=Path, required=True, metavar="INDEX", help="index directory (created or resumed)")
     index.add_argument("--column", default=None, help="CSV / Parquet column of paths (default: path, or the only one)")
-    index.add_argument("--variant", default=None, help=f"image tower variant ({', '.join(variant_names())})")
+    index.add_argument("--variant", default=None,
+                       help=f"image tower variant ({', '.join(variant_names())}) or fp32 (default: the fastest verified "
+                       "file from the export's race, else fp32)")
     index.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
     index.add_argument("--workers", type=positive_int, default=None,
                        help="threads decoding and resizing images while the model runs (default: the cores, at most 8)")
@@ -268,18 +275,19 @@ def run(args: argparse.Namespace) -> None:
         features = encoder.features(args.images, layers=[args.layer])[args.layer]
         _save_npy(args.output, features.astype(np.float32))
         print(f"wrote {' x '.join(map(str, features.shape))} patch features of hidden state {args.layer} to "
-              f"{args.output} ({encoder.provider})", file=sys.stderr)
+              f"{args.output} ({encoder.describe()})", file=sys.stderr)
         return
     if args.command == "embed":
         encoder = ImageEncoder(args.artefacts, variant=args.variant, **options)
         vectors = encoder.embed(args.images, normalize=args.normalize)
         _save_npy(args.output, vectors.astype(np.float32))
-        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.output} ({encoder.describe()})",
-              file=sys.stderr)
+        print(f"image tower: {encoder.describe()}", file=sys.stderr)  # after the work: an error stays one line
+        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.output}", file=sys.stderr)
         return
     classifier = ZeroShotClassifier(args.artefacts, template=args.template or DEFAULT_TEMPLATE,
                                     variant=args.variant, **options)
     results = classifier.classify(args.images, args.labels)
+    print(f"image tower: {classifier.images.describe()}\ntext tower: {classifier.text.describe()}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"image": image, "scores": scores} for image, scores in zip(args.images, results)], indent=2))
         return

@@ -4,18 +4,42 @@ The directory is self-contained: `manifest.json` (read into `contract.Manifest`)
 models and holds `logit_scale` / `logit_bias`; `preprocessor_config.json` and the tokenizer
 files sit beside the models. A lone `.onnx` file carries its config and preprocessing in its
 `metadata_props`. Models are found by their manifest record (tower, variant), never by name.
+
+`choose` answers which file to run when no variant is asked for: the fastest verified one the
+export's race recorded for the provider in use (`runtime.contract.selection`), else the plain
+fp32 file, with the reason either way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .contract.kinds import KINDS, ArtefactKind, Runner, kind_of, open_runner, runtime_of
 from .contract.manifest import ArtefactRecord, Manifest
+from .contract.selection import CPU_RUNTIMES, GPU_RUNTIMES, RaceEntry, same_machine
 from .errors import ArtefactError, InputError, ProviderError
 from .inputs.images import PREPROCESSOR_CONFIG, ImageSettings
+
+PLAIN = ("fp32", "plain")  # what `--variant` / `variant=` accepts for the plain fp32 file
+
+
+def plain_or(variant: str | None) -> str | None:
+    """`variant`, with "fp32" / "plain" meaning the plain file (None)."""
+    return None if variant in PLAIN else variant
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which file of a tower to run and how: `variant` (None: the plain file), the `provider` to
+    open it with, and why, for messages and `describe()`."""
+
+    variant: str | None
+    provider: str
+    file: str
+    reason: str
 
 
 class Artefacts:
@@ -45,6 +69,7 @@ class Artefacts:
 
     def record(self, tower: str, variant: str | None = None) -> ArtefactRecord:
         """The manifest's record of a tower's plain export or of one of its variants."""
+        variant = plain_or(variant)
         if self.manifest is None:
             raise ArtefactError(f"{self.single_file} is a single file; it has no manifest records")
         found = self.manifest.find(tower, variant)
@@ -79,13 +104,90 @@ class Artefacts:
         return self.record(tower, variant).kind
 
     def has_variant(self, tower: str, variant: str) -> bool:
-        return self.manifest is not None and self.manifest.find(tower, variant) is not None
+        return self.manifest is not None and self.manifest.find(tower, plain_or(variant)) is not None
+
+    def choose(self, tower: str, variant: str | None = None, provider: str = "auto") -> Choice:
+        """What to run for `tower`: `variant` when one is asked for ("fp32" / "plain": the plain
+        file); else the fastest artefact the export's race recorded for `provider` among those
+        verified in that runtime, falling back to the plain file, with the reason."""
+        if variant is not None:
+            wanted = plain_or(variant)
+            file = self.record(tower, wanted).file if self.manifest is not None else self.model_file(tower).name
+            return Choice(wanted, provider, file, f"--variant {variant} asked for" if wanted else "the plain fp32 file, "
+                          f"asked for (--variant {variant})")
+        if self.manifest is None:
+            return Choice(None, provider, self.single_file.name, "a single file")
+        plain = self.record(tower).file
+        selection = self.manifest.selection
+        if selection is None or not selection.towers.get(tower):
+            return Choice(None, provider, plain, "the fp32 file: this export has no race records (made before "
+                          "--target existed, or with --target portable); re-export with --target cpu or cuda to run "
+                          "the fastest verified file by default")
+        runtimes = _runtimes_for(provider)
+        listed = [e for e in selection.results(tower) if e.runtime in runtimes
+                  and (provider == "auto" or self._runtime_with(tower, e, provider) == e.runtime)]
+        usable = [e for e in listed if self._verified(tower, e)]
+        where = "this machine's GPU" if set(runtimes) == set(GPU_RUNTIMES) else \
+            ("the CPU" if provider == "auto" else f"provider {provider}")
+        if not usable:
+            why = (f"the export's pick for {where}, {listed[0].file}, was never verified there (export on the "
+                   f"machine that runs it, or ask for it: --variant {listed[0].variant or 'fp32'} --allow-unverified)"
+                   if listed else f"the export's race has no result for {where} "
+                   f"(target {selection.target})")
+            return Choice(None, provider, plain, f"the fp32 file: {why}")
+        absent = sorted({e.runtime for e in usable if not _installed(e.runtime)})
+        usable = [e for e in usable if e.runtime not in absent]
+        missing = f" ({', '.join(absent)} left out: not installed here)" if absent else ""
+        if not usable:
+            return Choice(None, provider, plain, f"the fp32 file: the export's picks for {where} run in "
+                          f"{', '.join(absent)}, which is not installed here")
+        best = usable[0]
+        if not selection.raced:
+            reason = f"chosen at export by the {selection.target} target's rule, not raced ({selection.note})"
+        else:
+            reason = f"the fastest verified file for {where} in the export's race, {best.timing()}"
+            if len(usable) > 1:
+                reason += f"; runner-up {usable[1].label}, {usable[1].timing()}"
+            reason += missing
+            if best.runtime in CPU_RUNTIMES:
+                from .runners.environment import cpu_identity
+
+                here = cpu_identity()
+                if not same_machine(selection.machine, here):
+                    raced_on = selection.machine or {}
+                    reason += (f"; the race ran on another CPU ({raced_on.get('cpu', 'unknown')}, "
+                               f"{' '.join(raced_on.get('isa') or []) or 'no listed ISA'}), this one is "
+                               f"{here['cpu']} ({' '.join(here['isa']) or 'no listed ISA'}): the winner there may "
+                               f"not be the fastest here")
+        return Choice(best.variant, best.provider if provider == "auto" else provider, best.file, reason)
+
+    def _runtime_with(self, tower: str, entry: RaceEntry, provider: str) -> str | None:
+        """The runtime `entry`'s file runs in with `provider`, None where the kind does not take it."""
+        record = self.manifest.find(tower, entry.variant)
+        if record is None or record.variant not in KINDS:
+            return None
+        kind = record.kind
+        if provider not in kind.providers:
+            return None
+        return runtime_of(kind, provider)
+
+    def _verified(self, tower: str, entry: RaceEntry) -> bool:
+        """Whether the entry's file is in the manifest, takes the contract's float32 input, and
+        passed its gate in the entry's runtime."""
+        record = self.manifest.find(tower, entry.variant)
+        if record is None or record.variant != entry.variant or record.file != entry.file:
+            return False
+        if record.variant not in KINDS or record.kind.image_input != "float32":
+            return False
+        parity = record.gate_in(entry.runtime)
+        return parity is not None and parity.passed
 
     def open(self, tower: str, variant: str | None = None, *, provider: str = "auto", threads: int | None = None,
              tensorrt=None, allow_unverified: bool = False) -> Runner:
         """Load a tower's model (or variant) with the runner its kind names, in a runtime where the
         export verified it: a runtime where its gate failed is refused, and for a variant one where
         it was never measured too, unless `allow_unverified` (ProviderError naming both)."""
+        variant = plain_or(variant)
         if variant and self.single_file:
             raise InputError(f"variant {variant!r} needs an artefact directory; {self.single_file} is one file")
         if self.single_file:
@@ -173,3 +275,27 @@ def _refusal(record: ArtefactRecord, kind: ArtefactKind, provider: str) -> str |
     worst = min(r.outputs["pooler_output"].min_cosine for r in parity.results if "pooler_output" in r.outputs)
     return (f"{record.file} missed its gate in {runtime} at export (pooler cosine {worst:.6f} < "
             f"{parity.gate.min_cosine}{where}).{how}")
+
+
+def _runtimes_for(provider: str) -> tuple[str, ...]:
+    """The runtimes `provider` means: "auto" is the GPU's where this machine runs CUDA, else the
+    CPU's (ONNX Runtime's and OpenVINO's)."""
+    if provider == "auto":
+        from .runners.environment import CUDA, import_onnxruntime, nvidia_driver_present
+
+        gpu = nvidia_driver_present() and CUDA in import_onnxruntime().get_available_providers()
+        return GPU_RUNTIMES if gpu else CPU_RUNTIMES
+    return {"cpu": CPU_RUNTIMES, "openvino": ("openvino-cpu",), "cuda": ("onnxruntime-cuda",),
+            "tensorrt": ("onnxruntime-tensorrt", "tensorrt")}.get(provider, ())
+
+
+RUNTIME_MODULES = {"openvino-cpu": "openvino", "tensorrt": "tensorrt"}  # runtimes that are a module of their own
+
+
+def _installed(runtime: str) -> bool:
+    """Whether `runtime` can load files on this host: OpenVINO and TensorRT are optional installs (a
+    deployment may carry onnxruntime alone), ONNX Runtime's providers are checked when a file opens."""
+    import importlib.util
+
+    module = RUNTIME_MODULES.get(runtime)
+    return module is None or importlib.util.find_spec(module) is not None

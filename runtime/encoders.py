@@ -6,6 +6,10 @@
 
 Large inputs are split into chunks of `batch_size`; each chunk is preprocessed just before it
 runs, so memory stays bounded. Every encoder is safe to share between threads.
+
+`variant=None` (the default) runs the fastest verified file the export's race recorded for the
+provider in use (`Artefacts.choose`), the plain fp32 file where there is none; `variant="fp32"`
+forces the plain file. `describe()` says which file runs, where, and why.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ class _Encoder:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.artefacts = _artefacts(source)
+        self.choice = self.artefacts.choose(self.tower, variant, provider)
         self._open_options = dict(provider=provider, threads=threads, tensorrt=tensorrt, allow_unverified=allow_unverified)
-        self.model = self.artefacts.open(self.tower, variant, **self._open_options)
+        self.model = self.artefacts.open(self.tower, self.choice.variant, **{**self._open_options,
+                                                                              "provider": self.choice.provider})
         self.batch_size = min(batch_size, self.model.max_batch or batch_size)
 
     @property
@@ -54,9 +60,11 @@ class _Encoder:
         return self.model.provider
 
     def describe(self) -> str:
-        """The provider, and the IO path the runner chose where it says (OnnxModel.describe)."""
+        """Which file runs, on what (the provider, and the IO path where the runner says: OnnxModel.describe),
+        and why it was chosen."""
         describe = getattr(self.model, "describe", None)
-        return describe() if describe is not None else self.model.provider
+        runs_on = describe() if describe is not None else self.model.provider
+        return f"{self.model.path.name} on {runs_on}: {self.choice.reason}"
 
     def _chunks(self, items: Sequence):
         if len(items) == 0:
@@ -188,7 +196,7 @@ class ZeroShotClassifier:
         self.logit_scale, self.logit_bias = artefacts.logit_parameters()
         self.template = template
         # A variant applies to the image tower; the text tower uses the same variant when the
-        # export has one for it (int8-qdq and engines are image-only), else its fp32 file.
+        # export has one for it (int8-qdq and engines are image-only), else its own default.
         text_kwargs = dict(kwargs)
         if kwargs.get("variant") and not artefacts.has_variant("text", kwargs["variant"]):
             text_kwargs["variant"] = None

@@ -68,6 +68,7 @@ def parse_args(argv=None, prog: str = "export.py") -> argparse.Namespace:
     from .graph.torch_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
     from .model.config import DEFAULT_PRESET, PRESETS
     from .triton.flags import add_triton_arguments
+    from .variants.targets import CHOICES as TARGET_CHOICES
 
     parser = ArgumentParser(
         prog=prog,
@@ -92,6 +93,13 @@ def parse_args(argv=None, prog: str = "export.py") -> argparse.Namespace:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for random weights and random inputs (default 0)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime threads during verification (default: all cores)")
+    parser.add_argument("--target", choices=TARGET_CHOICES, default=None,
+                        help="what the artefacts are for: cpu builds the CPU's fast variants (opt, int8, ov-bf16, "
+                        "ov-int8), gates each and races them here at batch 1 and 8, so that siglip-runtime runs the "
+                        "fastest verified one by default; cuda the GPU's (fp16, cuda-fp16, trt-fp16; raced on a GPU, "
+                        "chosen by rule elsewhere); portable the plain fp32 file only; auto: cuda where this machine "
+                        "has an NVIDIA GPU with ONNX Runtime's CUDA provider, else cpu (default: none of this, only "
+                        "--variants)")
     faster = [v for v in variant_names() if KINDS[v].gate is not None]
     parser.add_argument("--variants", type=_variants, default=(), metavar="opt,int8,...",
                         help=f"faster artefacts to build, each published only within its gate: {', '.join(faster)}")
@@ -142,7 +150,8 @@ def main(argv=None, prog: str | None = None) -> int:
     options = ExportOptions(
         checkpoint=args.checkpoint, preset=args.preset, output_dir=args.output_dir, towers=args.towers,
         opset=args.opset, verify_batch_sizes=args.verify_batch_sizes, simplify=not args.no_simplify,
-        seed=args.seed, gate=Gate(), threads=args.threads, variants=args.variants, gates=dict(args.gate),
+        seed=args.seed, gate=Gate(), threads=args.threads, variants=args.variants, target=args.target,
+        gates=dict(args.gate),
         calibration_images=args.calibration_images, trt_profile=args.trt_profile,
         hidden_states=args.hidden_states, attention=args.attention, image_size=args.image_size,
     )
@@ -174,9 +183,14 @@ def check_triton_request(args):
     if is_within(args.triton_repo, args.output_dir) or is_within(args.output_dir, args.triton_repo):
         raise UserError(f"--triton-repo {args.triton_repo} and --output-dir {args.output_dir} must not contain "
                         f"each other (each is replaced whole)")
-    missing = [v for v in options.variants if v is not None and v not in args.variants]
+    built = set(args.variants)
+    if args.target is not None:
+        from .variants.targets import resolve
+
+        built |= set(resolve(args.target).variants)
+    missing = [v for v in options.variants if v is not None and v not in built]
     if missing:
-        raise UserError(f"--triton-variants asks for {missing[0]!r}, which --variants does not build")
+        raise UserError(f"--triton-variants asks for {missing[0]!r}, which --variants (or --target) does not build")
     return options
 
 
@@ -214,6 +228,16 @@ def report_lines(manifest: Manifest, output_dir: Path) -> list[str]:
         reason = art.reason if art.accuracy is None else (
             f"min cosine {art.accuracy['pooler_output_min_cosine']:.6f} below its gate {art.parity.gate.min_cosine}")
         lines.append(f"WARNING: {art.file} not published: {reason}")
+    selection = manifest.selection
+    if selection is not None and selection.raced:
+        for tower in selection.towers:
+            results = selection.results(tower)
+            if results:
+                runner_up = f"; runner-up {results[1].label}, {results[1].timing()}" if len(results) > 1 else ""
+                lines.append(f"fastest {tower} tower on this machine: {results[0].label}, {results[0].timing()}"
+                             f"{runner_up} (siglip-runtime runs it by default)")
+    elif selection is not None and selection.towers:
+        lines.append(f"{selection.target}: {selection.note}")
     if manifest.source.get("random_weights"):
         lines.append(f"\nWARNING: {manifest.source['warning']}")
     return lines

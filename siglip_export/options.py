@@ -28,6 +28,9 @@ class ExportOptions:
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     threads: int | None = None  # ONNX Runtime threads for verification (None: all cores)
     variants: tuple[str, ...] = ()  # faster variants to build, each behind its gate (runtime.contract.KINDS)
+    # What the export is for (siglip_export.variants.targets): its variants are built too, and the
+    # published files race on this machine; None: only `variants`, no race.
+    target: str | None = None
     gates: dict[str, float] = field(default_factory=dict)  # variant -> min cosine, over each kind's default
     calibration_images: Path | None = None  # int8-qdq / ov-int8 calibration (default: the packaged photos)
     trt_profile: tuple[int, int, int] = (1, 8, 64)  # TensorRT batch profile min / opt / max

@@ -53,6 +53,8 @@ from .progress import Progress
 from .publication import Staging, is_within
 from .records import artefact_record, tool_versions
 from .variants import TowerExport, build_variants, check_buildable
+from .variants.race import select
+from .variants.targets import resolve as resolve_target_name
 from .verify.gate import (
     Gate,
     VerificationError,
@@ -278,6 +280,9 @@ def _check_paths(options: ExportOptions, target: Path) -> None:
 def run_export(options: ExportOptions, emit: Callable[[str], None] | None = print) -> Manifest:
     """Run the whole pipeline; returns the manifest. Raises UserError / VerificationError / ExportError."""
     progress = Progress(emit)
+    target = resolve_target_name(options.target) if options.target is not None else None
+    if target is not None:  # the target's variants, then any asked for besides
+        options = dataclasses.replace(options, variants=tuple(dict.fromkeys((*target.variants, *options.variants))))
     options.check()
     check_buildable(options.variants)
     stage = output_staging(options.output_dir)
@@ -305,8 +310,10 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
             artefacts=[],
             tools=tool_versions(),
         )
+        exported = []
         for name, module in towers.items():
             tower = _tower_export(name, module, scratch, options, source, image_settings)
+            exported.append(tower)
             tower.plain_record = export_one(tower, plain_target(tower, options), options, progress)
             manifest.artefacts.append(tower.plain_record)
             if name == "vision" and features.wanted:
@@ -318,6 +325,8 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
                 manifest.rejected += built.rejected
                 manifest.skipped += built.skipped
                 manifest.files += [f for f in built.shared_files if f not in manifest.files]
+        if target is not None:
+            manifest.selection = select(target, manifest, exported, options.threads, progress)
         manifest.files[:0] = copy_runtime_files(options, model, scratch, image_settings)
         prune_unlisted(scratch, manifest)
         manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -159,7 +159,7 @@ def test_an_export_described_by_a_0_1_0_manifest_still_runs(tiny_artefacts, tmp_
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(schema_version=99),
-     r"has schema_version 99 \(written by siglip-export .*\); this siglip-export reads up to 3: upgrade"),
+     r"has schema_version 99 \(written by siglip-export .*\); this siglip-export reads up to 4: upgrade"),
     (lambda d: (d.pop("schema_version"), d.update(format="siglip-export/0")),
      r"was written by siglip-export .* \(format 'siglip-export/0'\), which this version cannot read: re-export"),
     (lambda d: d.update(schema_version="two"), r"schema_version 'two', which is not a manifest version: re-export"),

@@ -191,10 +191,11 @@ def test_preprocessing_into_the_bound_buffer(exported):
     # The encoder on bound buffers gives what it gives without them, and says which path it took.
     encoder = ImageEncoder(out, variant="cuda-fp16-u8", provider="cpu")
     want = encoder.embed(PHOTOS)
-    assert encoder.describe() == "CPUExecutionProvider"
+    assert encoder.describe() == "vision_model.cuda-fp16-u8.onnx on CPUExecutionProvider: --variant cuda-fp16-u8 asked for"
     encoder.model = OnnxModel(out / "vision_model.cuda-fp16-u8.onnx", io_binding=True)
     np.testing.assert_allclose(encoder.embed(PHOTOS), want, rtol=0, atol=1e-6)
-    assert encoder.describe() == "CPUExecutionProvider, buffers bound per batch size, CUDA graphs off"
+    assert encoder.describe().startswith("vision_model.cuda-fp16-u8.onnx on CPUExecutionProvider, buffers bound per "
+                                         "batch size, CUDA graphs off: ")
 
 
 def test_cuda_graph_bookkeeping_runs_on_a_cpu_session(exported):

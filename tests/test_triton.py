@@ -431,7 +431,7 @@ def test_export_cli_rejects_bad_triton_input_before_exporting(tmp_path, capsys):
     cases = [
         (["--triton-repo", str(tmp_path / "taken")], "was not written by siglip-export"),
         (["--triton-repo", str(tmp_path / "r"), "--triton-preferred-batch", "128"], "128"),
-        (["--triton-repo", str(tmp_path / "r"), "--triton-variants", "plain,opt"], "which --variants does not build"),
+        (["--triton-repo", str(tmp_path / "r"), "--triton-variants", "plain,opt"], "which --variants (or --target) does not build"),
         (["--triton-repo", str(tmp_path / "out" / "triton")], "must not contain each other"),
     ]
     for args, message in cases:

@@ -24,12 +24,14 @@ from typing import Any, Callable
 
 from ..errors import ArtefactError
 from .kinds import FORMATS, KINDS, OUTPUTS, TOWERS, ArtefactKind, variant_names
+from .selection import Selection
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "siglip-export/1"  # the `format` field; unchanged since 0.1.0 (schema_version says more)
 # 1: siglip-export 0.1.0 (implicit); 2: + schema_version, per-record `format`; 3: + each parity's
-# `runtime` and each record's `runtimes` (the gate measured in other runtimes).
-SCHEMA_VERSION = 3
+# `runtime` and each record's `runtimes` (the gate measured in other runtimes); 4: + `selection`
+# (what `--target` raced or chose, runtime.contract.selection).
+SCHEMA_VERSION = 4
 
 
 def _runtime_from_provider(provider: str) -> str:
@@ -336,6 +338,7 @@ class Manifest:
     files: list[str] = field(default_factory=list)  # published beside the models (config.json, tokenizer, ...)
     tools: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    selection: Selection | None = None  # `--target`'s race (or rule); None: exported without one
     schema_version: int = SCHEMA_VERSION
     format: str = MANIFEST_FORMAT
 
@@ -385,6 +388,7 @@ class Manifest:
                 files=list(_field(d, "files", list, where, optional=True) or []),
                 tools=dict(_field(d, "tools", dict, where, optional=True) or {}),
                 created=_field(d, "created", str, where, optional=True) or "",
+                selection=(Selection.from_dict(d["selection"]) if d.get("selection") is not None else None),
                 schema_version=SCHEMA_VERSION,  # read once, held in the current layout
             )
         except ArtefactError as exc:
@@ -404,6 +408,7 @@ class Manifest:
             "skipped": [s.to_dict() for s in self.skipped],
             "files": list(self.files),
             "tools": dict(self.tools),
+            **({"selection": self.selection.to_dict()} if self.selection is not None else {}),
         }
 
     @classmethod

@@ -5,6 +5,7 @@ The layout and the commit rule of an index directory are in runtime.index.shards
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..artefacts import Artefacts
+from ..artefacts import Artefacts, plain_or
 from ..contract.manifest import MANIFEST
 from ..errors import UserError
 from ..files import sha256_file
@@ -92,6 +93,7 @@ def model_identity(artefacts: Artefacts, variant: str | None) -> dict:
     if artefacts.manifest is None:
         raise UserError(f"{artefacts.single_file}: index needs an artefact directory written by export.py, "
                         f"not a single .onnx file")
+    variant = plain_or(variant)
     record = artefacts.record("vision", variant)
     pooled = record.output("pooler_output")
     dim = pooled.shape[-1] if pooled is not None else None
@@ -173,6 +175,10 @@ def build_index(source, artefacts_dir, output, options: IndexOptions | None = No
     output, begun = Path(output), time.perf_counter()
     paths = list_images(source, options.column)
     artefacts = Artefacts(artefacts_dir)
+    if artefacts.manifest is not None:  # the file every worker runs, chosen once ("fp32": the plain file)
+        choice = artefacts.choose("vision", options.variant, options.provider)
+        options = dataclasses.replace(options, variant=choice.variant or "fp32", provider=choice.provider)
+        emit(f"index: image tower {choice.file}: {choice.reason}")
     model = model_identity(artefacts, options.variant)
     plan = [paths[i:i + options.shard_size] for i in range(0, len(paths), options.shard_size)]
     wanted = dict(format=INDEX_FORMAT, version=INDEX_VERSION, model=model,

@@ -62,7 +62,7 @@ class ImageIndex:
     def search_image(self, image, k: int = 10) -> list[dict]:
         """The k indexed images nearest to `image` (a path, PIL image or uint8 array)."""
         if self._images is None:
-            self._images = ImageEncoder(self.artefacts, variant=self.variant, batch_size=1, **self._options)
+            self._images = ImageEncoder(self.artefacts, variant=self.variant or "fp32", batch_size=1, **self._options)
         return self._results(self._images.embed([image], normalize=True)[0], k)
 
     def search_text(self, text: str, k: int = 10) -> list[dict]:

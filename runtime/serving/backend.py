@@ -128,7 +128,8 @@ class ZeroShotModel:
         self.pb = pb_utils
         _, parameters = _settings(args)
         artefacts, self.images = _open(parameters, "vision")
-        self.text = TextEncoder(artefacts, **_run_options(parameters))
+        self.text = TextEncoder(artefacts, **{**_run_options(parameters), "variant": parameters.get("text_variant") or "fp32",
+                                              "provider": parameters.get("text_provider") or "auto"})
         self.logit_scale, self.logit_bias = artefacts.logit_parameters()
         self.cache: dict[str, np.ndarray] = {}
 

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artefacts import Artefacts
+from ..artefacts import Artefacts, Choice, plain_or
 from ..contract.manifest import TensorInfo
 from ..errors import UserError
 from .model_config import batching_lines, instance_lines, model_name, parameter_lines, tensor_block
@@ -46,32 +46,46 @@ class ServedModel:
     name: str
     config: str
     class_name: str
+    source: str = ""  # which file it serves and why, for the start-up log
+
+
+def _choice(artefacts: Artefacts, tower: str, options: ServeOptions) -> tuple[Choice, str]:
+    """(what a tower serves, its model name): `--variant` where the tower has it (the name says
+    so), fp32 where it lacks it; with no `--variant`, the export's recorded fastest verified file
+    under the plain name, so that clients keep `<prefix>_<tower>`."""
+    if options.variant is None:
+        return artefacts.choose(tower, None, options.provider), model_name(options.prefix, tower, None)
+    wanted = plain_or(options.variant)
+    variant = wanted if wanted and artefacts.has_variant(tower, wanted) else None
+    return artefacts.choose(tower, variant or "fp32", options.provider), model_name(options.prefix, tower, variant)
 
 
 def plan(artefacts: Artefacts, options: ServeOptions) -> list[ServedModel]:
     """The models to serve: each tower (its variant where it has one), and zero-shot with both towers."""
-    if options.variant and not any(artefacts.has_variant(t, options.variant) for t in artefacts.towers):
+    wanted = plain_or(options.variant)
+    if wanted and not any(artefacts.has_variant(t, wanted) for t in artefacts.towers):
         raise UserError(f"--variant {options.variant!r}: {artefacts.directory} has no such artefact "
                         f"(towers: {', '.join(artefacts.towers)})")
     cores = os.cpu_count() or 1
     threads = options.threads or max(1, cores // options.instances)
-    common = {"artefacts": str(artefacts.directory.resolve()), "provider": options.provider,
-              "threads": str(threads), "allow_unverified": "1" if options.allow_unverified else "0"}
+    common = {"artefacts": str(artefacts.directory.resolve()), "threads": str(threads),
+              "allow_unverified": "1" if options.allow_unverified else "0"}
     models = []
+    chosen = {}
     for tower in artefacts.towers:
-        variant = options.variant if options.variant and artefacts.has_variant(tower, options.variant) else None
-        record = artefacts.record(tower, variant)
-        name = model_name(options.prefix, tower, variant)
+        choice, name = chosen[tower] = _choice(artefacts, tower, options)
+        record = artefacts.record(tower, choice.variant)
         lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {options.max_batch}"]
         lines += tensor_block("input", record.inputs, record.file)
         lines += tensor_block("output", record.outputs, record.file)
         lines += batching_lines((), options.queue_delay_us)
         lines += instance_lines(options.instances, "KIND_CPU")
-        lines += parameter_lines({**common, "tower": tower, "variant": variant or ""})
-        models.append(ServedModel(name, "\n".join(lines) + "\n", "TowerModel"))
+        lines += parameter_lines({**common, "tower": tower, "variant": choice.variant or "",
+                                  "provider": choice.provider})
+        models.append(ServedModel(name, "\n".join(lines) + "\n", "TowerModel", f"{record.file}: {choice.reason}"))
     if options.zero_shot and _can_classify(artefacts):
-        vision = artefacts.record("vision", options.variant if options.variant and
-                                  artefacts.has_variant("vision", options.variant) else None)
+        (vision_choice, _), (text_choice, _) = chosen["vision"], chosen["text"]
+        vision = artefacts.record("vision", vision_choice.variant)
         pixels = TensorInfo("pixel_values", vision.inputs[0].dtype, vision.inputs[0].shape)
         lines = [f'name: "{options.prefix}_zero_shot"', 'backend: "python"', "max_batch_size: 0"]
         lines += tensor_block("input", [pixels, TensorInfo("text", "uint8", ["bytes"])], vision.file, batched=False)
@@ -79,8 +93,10 @@ def plan(artefacts: Artefacts, options: ServeOptions) -> list[ServedModel]:
                                          TensorInfo("logits", "float32", ["images", "labels"])], vision.file,
                               batched=False)
         lines += instance_lines(options.instances, "KIND_CPU")
-        lines += parameter_lines({**common, "variant": options.variant or ""})
-        models.append(ServedModel(f"{options.prefix}_zero_shot", "\n".join(lines) + "\n", "ZeroShotModel"))
+        lines += parameter_lines({**common, "variant": vision_choice.variant or "", "provider": vision_choice.provider,
+                                  "text_variant": text_choice.variant or "fp32", "text_provider": text_choice.provider})
+        models.append(ServedModel(f"{options.prefix}_zero_shot", "\n".join(lines) + "\n", "ZeroShotModel",
+                                  f"{vision.file} and {artefacts.record('text', text_choice.variant).file}"))
     return models
 
 

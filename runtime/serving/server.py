@@ -270,6 +270,8 @@ def serve_forever(server: Server) -> int:
         server.start()
         urls = server.urls
         server.log(f"serving {', '.join(server.model_names)} from {server.artefacts.directory}")
+        for model in server.models:
+            server.log(f"  {model.name}: {model.source}")
         server.log(f"listening: HTTP {urls['http']}, gRPC {urls['grpc']}, metrics {urls['metrics']}; "
                    f"health {urls['http']}/v2/health/ready; stop with Ctrl-C or SIGTERM")
         while not stopping and server.process.poll() is None:

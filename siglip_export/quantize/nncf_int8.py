@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,24 @@ from ..graph.float_builders import openvino_for
 from ..graph.torch_export import quiet
 
 
+def import_nncf():
+    """nncf, with its usage telemetry off unless SIGLIP_EXPORT_NNCF_TELEMETRY=1. NNCF sends usage
+    events by default (no consent file counts as consent) from a forked process; where the network
+    does not answer, that process outlives the export holding its stdout, so `export.py | tee log`,
+    CI logs and a parent reading the output wait on it (seen here: a test's subprocess hung for
+    10 minutes). NNCF_CI is NNCF's own switch for that telemetry and nothing else."""
+    if os.environ.get("SIGLIP_EXPORT_NNCF_TELEMETRY") != "1":
+        os.environ.setdefault("NNCF_CI", "1")
+    import nncf
+
+    return nncf
+
+
 def openvino_int8_available() -> None:
     """VariantSkipped unless NNCF and OpenVINO with int8 on this CPU are there."""
     openvino_for("INT8")
     try:
-        import nncf  # noqa: F401
+        import_nncf()
     except ImportError:
         raise VariantSkipped("nncf is not installed (pip install -e '.[openvino]')") from None
 
@@ -31,7 +45,7 @@ def build_openvino_int8(source: Path, out_xml: Path, calibration: list[np.ndarra
     `keep_float` left in float (int8_search.py chooses them; OpenVINO names a Gemm's product
     `<name>/WithoutBiases`)."""
     ov = openvino_for("INT8")
-    import nncf
+    nncf = import_nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,

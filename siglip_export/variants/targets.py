@@ -1,0 +1,67 @@
+"""`--target`: which variants an export builds for the hardware it is meant for, and where they race.
+
+| target     | builds (each behind its gate)        | raced in                                  | without the hardware |
+| ---------- | ------------------------------------ | ----------------------------------------- | -------------------- |
+| `cpu`      | opt, int8, ov-bf16, ov-int8          | onnxruntime-cpu, openvino-cpu             | (always there)       |
+| `cuda`     | fp16, cuda-fp16, trt-fp16            | onnxruntime-cuda, onnxruntime-tensorrt, tensorrt | the rule below, not raced |
+| `portable` | nothing: the plain fp32 file         | -                                         | -                    |
+| `auto`     | `cuda` where this machine runs ONNX Runtime's CUDA provider, else `cpu` |   |                      |
+
+Why these: on a CPU, OpenVINO's int8 (`ov-int8`) and ONNX Runtime's dynamic int8 (`int8`) are the
+fast files, `ov-bf16` where the CPU has bf16 (skipped, with the reason, where it has not) and
+`opt` is fp32 fused; `int8-qdq` is left out (it is for runtimes other than ONNX Runtime's CPU
+provider, where `int8` is faster). On an NVIDIA GPU, the rule where no race can run is
+`cuda-fp16` for the image tower (ONNX Runtime's GPU fusions then its fp16 conversion, the recipe
+measured fastest for the CUDA provider on an H200) and `fp16` for the text tower (`cuda-fp16` is
+made for the image tower only). The plain fp32 file is always built and raced too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+from runtime.contract.selection import CPU_RUNTIMES, GPU_RUNTIMES
+from runtime.errors import UserError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    variants: tuple[str, ...]
+    runtimes: tuple[str, ...]  # where the published files are raced
+    rule: dict[str, str] = field(default_factory=dict)  # tower -> variant, where the race cannot run here
+    needs: tuple[str, ...] = ()  # modules the target's race needs (its runtimes)
+
+
+TARGETS = {
+    "cpu": Target("cpu", ("opt", "int8", "ov-bf16", "ov-int8"), CPU_RUNTIMES, needs=("openvino", "nncf")),
+    "cuda": Target("cuda", ("fp16", "cuda-fp16", "trt-fp16"), GPU_RUNTIMES,
+                   rule={"vision": "cuda-fp16", "text": "fp16"}),
+    "portable": Target("portable", (), ()),
+}
+CHOICES = ("auto", *TARGETS)
+
+
+def gpu_here() -> bool:
+    """Whether this machine runs ONNX Runtime's CUDA provider (an NVIDIA driver and onnxruntime-gpu)."""
+    from runtime.runners.environment import CUDA, import_onnxruntime, nvidia_driver_present
+
+    return nvidia_driver_present() and CUDA in import_onnxruntime().get_available_providers()
+
+
+def resolve(name: str) -> Target:
+    """The target `name` stands for on this machine, checked: UserError for an unknown name, or a
+    target whose race needs a runtime that is not installed."""
+    if name not in CHOICES:
+        raise UserError(f"unknown target {name!r} (choose from {', '.join(CHOICES)})")
+    target = TARGETS[("cuda" if gpu_here() else "cpu") if name == "auto" else name]
+    missing = [m for m in target.needs if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"--target {target.name} builds and races OpenVINO's files too, and {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not installed: pip install \"siglip-export[openvino]\" "
+                        f"(or --target portable)")
+    return target
+
+
+__all__ = ["CHOICES", "TARGETS", "Target", "gpu_here", "resolve"]
