@@ -94,8 +94,8 @@ def parse_args(argv=None, prog: str = "export.py") -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="ONNX Runtime threads during verification (default: all cores)")
     parser.add_argument("--target", choices=TARGET_CHOICES, default=None,
-                        help="what the artefacts are for: cpu builds the CPU's fast variants (opt, int8, ov-bf16, "
-                        "ov-int8), gates each and races them here at batch 1 and 8, so that siglip-runtime runs the "
+                        help="what the artefacts are for: cpu builds the CPU's fast variants (opt, ov-bf16, "
+                        "ov-int8; add --variants int8 for ONNX Runtime's int8), gates each and races them here at batch 1 and 8, so that siglip-runtime runs the "
                         "fastest verified one by default; cuda the GPU's (fp16, cuda-fp16, trt-fp16; raced on a GPU, "
                         "chosen by rule elsewhere); portable the plain fp32 file only; auto: cuda where this machine "
                         "has an NVIDIA GPU with ONNX Runtime's CUDA provider, else cpu (default: none of this, only "

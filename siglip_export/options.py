@@ -31,6 +31,8 @@ class ExportOptions:
     # What the export is for (siglip_export.variants.targets): its variants are built too, and the
     # published files race on this machine; None: only `variants`, no race.
     target: str | None = None
+    # The int8 searches' quick form (int8_search.quick: fewer search rows, one search); --target sets it.
+    quick_search: bool = False
     gates: dict[str, float] = field(default_factory=dict)  # variant -> min cosine, over each kind's default
     calibration_images: Path | None = None  # int8-qdq / ov-int8 calibration (default: the packaged photos)
     trt_profile: tuple[int, int, int] = (1, 8, 64)  # TensorRT batch profile min / opt / max

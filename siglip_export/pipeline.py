@@ -282,7 +282,8 @@ def run_export(options: ExportOptions, emit: Callable[[str], None] | None = prin
     progress = Progress(emit)
     target = resolve_target_name(options.target) if options.target is not None else None
     if target is not None:  # the target's variants, then any asked for besides
-        options = dataclasses.replace(options, variants=tuple(dict.fromkeys((*target.variants, *options.variants))))
+        options = dataclasses.replace(options, variants=tuple(dict.fromkeys((*target.variants, *options.variants))),
+                                      quick_search=True)
     options.check()
     check_buildable(options.variants)
     stage = output_staging(options.output_dir)

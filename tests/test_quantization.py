@@ -120,6 +120,27 @@ def test_search_finds_the_fewest_in_float():
         search(candidates, trial, target=0.999)
 
 
+def test_a_simulated_search_builds_only_to_confirm():
+    candidates = [Candidate(f"n{i}", "MatMul", ["x"], "w", error=float(10 - i)) for i in range(10)]
+
+    def real(kept):  # monotone: each node kept in float adds 0.002; 5 reach 0.995
+        tried.append(len(kept))
+        return 0.985 + 0.002 * len(kept)
+
+    tried = []  # a simulation that agrees with the builds: one real build besides the all-quantised one
+    result = search(candidates, real, target=0.995, simulate=lambda kept: 0.985 + 0.002 * len(kept))
+    assert result.kept_float == [f"n{i}" for i in range(5)] and tried == [0, 5]
+    assert result.simulated["kept_float"] == 5 and result.record()["simulated"] == result.simulated
+    tried = []  # optimistic by two nodes: the build at 3 misses, the cap (5, half the MACs) reaches, 4 misses
+    result = search(candidates, real, target=0.995, simulate=lambda kept: 0.989 + 0.002 * len(kept))
+    assert result.kept_float == [f"n{i}" for i in range(5)] and tried == [0, 3, 5, 4]
+    tried = []  # pessimistic (4 nodes, so below the target at the cap): the build at the cap decides
+    result = search(candidates, real, target=0.995, simulate=lambda kept: 0.977 + 0.002 * len(kept))
+    assert len(result.kept_float) == 5 and tried == [0, 5]
+    with pytest.raises(VariantFailed, match="not worth an int8 file"):  # the real build at the cap decides
+        search(candidates, real, target=0.999, simulate=lambda kept: 1.0)
+
+
 @pytest.fixture(scope="module")
 def outliers_onnx(tmp_path_factory):
     """The plain export of the tiny `outliers` stress checkpoint."""
@@ -405,3 +426,47 @@ def test_auto_tries_only_the_runtimes_a_variant_passed_in(qdq_export, monkeypatc
     plain = manifest.find("vision")
     assert seen["plain"] == tuple(p for p in KINDS[None].providers  # anywhere its gate did not fail
                                   if (g := plain.gate_in(runtime_of(KINDS[None], p))) is None or g.passed)
+
+
+@pytest.mark.parametrize("case", ["split passes whole", "none passes whole"])
+def test_the_quick_search_tries_each_source_whole_then_searches_the_closest(outliers_onnx, tmp_path, case):
+    """--target's search: the plain source, then the split one, built all quantised until one
+    reaches the target; where none does, the closest is searched alone, the simulation bisecting
+    and real builds confirming (stand-in quantiser and scores, as above)."""
+    from siglip_export.quantize import int8_search
+
+    def is_split(path: Path) -> bool:
+        return any(n.name.endswith(outlier_split.SUFFIX) for n in onnx.load(str(path)).graph.node)
+
+    built: dict[Path, tuple[bool, int]] = {}
+    builds = []
+
+    def build(source: Path, out: Path, kept: list[str]) -> dict:
+        shutil.copy(source, out)
+        built[out] = (is_split(source), len(kept))
+        builds.append(built[out])
+        return {"kept": len(kept), "split": is_split(source)}
+
+    def score(path: Path) -> float:
+        split, kept = built[path]
+        if case == "split passes whole":
+            return 1.0 if split else 0.9
+        return min(1.0, (0.993 if split else 0.95) + 0.0025 * kept)  # split closest; one node in float reaches
+
+    rng = np.random.default_rng(1)
+    calibration = [rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(3)]
+    out = tmp_path / "vision_model.int8-qdq.onnx"
+    lines: list[str] = []
+    report, result = int8_search.quick(outliers_onnx, out, build, score, calibration, calibration[:2], 0.99,
+                                       ("MatMul", "Gemm"), note=lines.append)
+    record = result.record()
+    assert record["outlier_split"]["used"] and record["outlier_split"]["quick"] and is_split(out) and report["split"]
+    whole = record["smoothquant"]["all_quantised_min_cosine"]
+    if case == "split passes whole":  # plain first, then split, which passes: nothing else built
+        assert list(whole) == ["none", "split"] and result.kept_float == [] and builds == [(False, 0), (True, 0)]
+        assert not any("sensitivity" in line for line in lines)
+    else:
+        assert list(whole) == ["none", "split", "0.5"] and len(result.kept_float) >= 1
+        assert result.reached >= result.target and any(line.startswith("outliers split off, sensitivity") for line in lines)
+        assert record["simulated"]["calls"] >= 1 and len(result.trials) >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no scratch left behind

@@ -30,11 +30,12 @@ pytest.importorskip("nncf", reason="--target cpu builds ov-int8 with NNCF")
 
 @pytest.fixture(scope="module")
 def raced(tmp_path_factory):
-    """A tiny checkpoint exported with --target cpu, through the CLI users run: (artefact dir, stdout)."""
+    """A tiny checkpoint exported with --target cpu (and ONNX Runtime's int8 besides), through the CLI
+    users run: (artefact dir, stdout)."""
     base = tmp_path_factory.mktemp("raced")
     hf_model(tiny_config()).save_pretrained(base / "ckpt")
     done = subprocess.run([sys.executable, "export.py", "--checkpoint", str(base / "ckpt"), "--output-dir",
-                           str(base / "art"), "--target", "cpu", "--threads", "1"],
+                           str(base / "art"), "--target", "cpu", "--variants", "int8", "--threads", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return base / "art", done.stdout

@@ -60,6 +60,7 @@ SMOOTHING_GAIN = 0.5  # used only when it at least halves the all-quantised erro
 SPLIT = "split"  # the source with outlier channels split off (outlier_split.py)
 SPLIT_WORTH = 0.05  # the split source is searched too when more of the multiply-adds than this stay in float
 RACE_ROUNDS = 4  # the two passing files timed in turns, this many rounds each
+PROGRESS_EVERY_S = 15  # a line at least this often during the sensitivity pass
 # What each quantiser turns into int8: ONNX Runtime's dynamic quantiser (weights constant), its
 # static QDQ quantiser as the int8-qdq recipe asks (op_types_to_quantize), NNCF for OpenVINO.
 DYNAMIC_OPS = ("Attention", "MatMul", "Conv")
@@ -91,13 +92,14 @@ class SearchResult:
     smoothquant: dict = field(default_factory=dict)
     outlier_split: dict = field(default_factory=dict)
     float_share: float = 0.0  # of the candidates' multiply-adds, the share kept in float
+    simulated: dict = field(default_factory=dict)  # the simulation's answer: {"kept_float", "min_cosine", "calls"}
 
     def record(self) -> dict:
         """The manifest's `build.search`."""
         return {"target_min_cosine": self.target, "reached_min_cosine": self.reached,
                 "kept_float": self.kept_float, "candidates": self.candidates,
                 "float_share_of_macs": round(self.float_share, 4), "smoothquant": self.smoothquant,
-                "outlier_split": self.outlier_split,
+                "outlier_split": self.outlier_split, "simulated": self.simulated,
                 "trials": self.trials, "seconds": round(self.seconds, 1), "most_sensitive": self.ranking[:10]}
 
 
@@ -125,12 +127,20 @@ def find_candidates(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[C
 
 # --- sensitivity ------------------------------------------------------------------------------
 
-def _quantize_weight(w: np.ndarray, axis: int) -> np.ndarray:
-    """int8, symmetric, one scale per output channel (`axis`), back to float."""
+def _weight_levels() -> int:
+    """The largest weight level the builders use here: 127, or 63 where the CPU lacks an int8 dot
+    product and they quantise weights to 7 bits (ort_int8.build_int8, NNCF's overflow fix)."""
+    from runtime.runners.environment import has_int8_dot_product
+
+    return 127 if has_int8_dot_product() else 63
+
+
+def _quantize_weight(w: np.ndarray, axis: int, levels: int = 127) -> np.ndarray:
+    """Symmetric int8 (`levels` = 127) or fewer bits, one scale per output channel (`axis`), back to float."""
     reduce = tuple(a for a in range(w.ndim) if a != axis)
-    scale = np.abs(w).max(axis=reduce, keepdims=True) / 127.0
+    scale = np.abs(w).max(axis=reduce, keepdims=True) / levels
     scale = np.where(scale > 0, scale, 1.0)
-    return np.clip(np.round(w / scale), -127, 127) * scale
+    return np.clip(np.round(w / scale), -levels, levels) * scale
 
 
 def _weight_axis(candidate: Candidate, node: onnx.NodeProto) -> int:
@@ -183,6 +193,7 @@ def _with_switches(model: onnx.ModelProto, candidates: list[Candidate], ranges: 
     nodes = {n.name: n for n in model.graph.node}
     added: dict[str, list[onnx.NodeProto]] = {}
     switches = []
+    levels = _weight_levels()
     for i, c in enumerate(candidates):
         node, switch, tag = nodes[c.name], f"int8_switch_{i}", f"int8sim{i}"
         switches.append(switch)
@@ -202,7 +213,7 @@ def _with_switches(model: onnx.ModelProto, candidates: list[Candidate], ranges: 
             new.append(helper.make_node("Where", [switch, f"{tag}_x{j}", name], [f"{tag}_a{j}"]))
             node.input[list(node.input).index(name)] = f"{tag}_a{j}"
         weight = numpy_helper.to_array(inits[c.weight]).astype(np.float64)
-        rounded = _quantize_weight(weight, _weight_axis(c, node)).astype(np.float32)
+        rounded = _quantize_weight(weight, _weight_axis(c, node), levels).astype(np.float32)
         model.graph.initializer.append(numpy_helper.from_array(rounded, f"{tag}_w"))
         new.append(helper.make_node("Where", [switch, f"{tag}_w", c.weight], [f"{tag}_wsel"]))
         node.input[list(node.input).index(c.weight)] = f"{tag}_wsel"
@@ -226,11 +237,16 @@ def _set_costs(model: onnx.ModelProto, candidates: list[Candidate], x: np.ndarra
         c.cost = float(np.prod(dims)) * max(rows, 1)
 
 
+Simulator = Callable[[set], float]  # names kept in float -> simulated min cosine over the probes
+
+
 def measure_sensitivity(model: onnx.ModelProto, candidates: list[Candidate], calibration: list[np.ndarray],
-                        probes: list[np.ndarray], static: bool, work: Path) -> None:
+                        probes: list[np.ndarray], static: bool, work: Path,
+                        note: Callable[[str], None] | None = None) -> Simulator:
     """Set each candidate's `error`: 1 - cosine of `pooler_output` against float, averaged over the
     rows of `probes`, with that candidate alone in (simulated) int8. One float model with a switch
-    per candidate serves every measurement."""
+    per candidate serves every measurement, and afterwards the returned simulator: the min row
+    cosine over the probes with every candidate in simulated int8 but those named."""
     import onnxruntime as ort
 
     ranges = _ranges(model, [a for c in candidates for a in c.activations], calibration) if static else None
@@ -248,25 +264,44 @@ def measure_sensitivity(model: onnx.ModelProto, candidates: list[Candidate], cal
         feeds = {pixel: x, **off, **({on: np.array(True)} if on else {})}
         return session.run(["pooler_output"], feeds)[0].astype(np.float64)
 
+    def cosines(y: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return (y * reference).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(reference, axis=1) + 1e-30)
+
     exact = [pooled(x, None) for x in probes]
-    for c, switch in zip(candidates, switches):
-        errors = []
-        for x, reference in zip(probes, exact):
-            y = pooled(x, switch)
-            cos = (y * reference).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(reference, axis=1) + 1e-30)
-            errors.append(1.0 - cos)
-        c.error = float(np.mean(np.concatenate(errors)))
+    started, last = time.perf_counter(), time.perf_counter()
+    for i, (c, switch) in enumerate(zip(candidates, switches)):
+        c.error = float(np.mean(np.concatenate([1.0 - cosines(pooled(x, switch), reference)
+                                                for x, reference in zip(probes, exact)])))
+        if note is not None and time.perf_counter() - last > PROGRESS_EVERY_S and i + 1 < len(candidates):
+            took = time.perf_counter() - started
+            note(f"sensitivity {i + 1}/{len(candidates)}, {took:.0f}s, about "
+                 f"{took / (i + 1) * (len(candidates) - i - 1):.0f}s left")
+            last = time.perf_counter()
+
+    def simulate(kept: set) -> float:
+        feeds = {s: np.array(c.name not in kept) for c, s in zip(candidates, switches)}
+        return float(min(cosines(session.run(["pooler_output"], {pixel: x, **feeds})[0].astype(np.float64),
+                                 reference).min() for x, reference in zip(probes, exact)))
+
+    return simulate
 
 
 # --- search -----------------------------------------------------------------------------------
 
 def search(candidates: list[Candidate], trial: Callable[[list[str]], float], target: float,
-           known: dict[int, float] | None = None) -> SearchResult:
+           known: dict[int, float] | None = None, simulate: Simulator | None = None) -> SearchResult:
     """The fewest most-sensitive candidates to keep in float for `trial(kept) >= target`.
 
     `trial(kept_float_names)` builds the quantised model and returns its min cosine; `known`
     holds scores already measured (by number kept). Raises VariantFailed with the numbers when
     keeping MAX_KEPT_FRACTION of them in float is not enough.
+
+    With `simulate` (measure_sensitivity's, seconds a call where a real build takes tens), the
+    bisection runs on the simulation and real builds only confirm its answer: the first real
+    trial is the simulated fewest; where it misses, the count doubles until a real build reaches
+    the target, then real bisection between the last miss and that. So a search whose simulation
+    is right costs one build after the all-quantised one, where trial by trial it cost about
+    log2(candidates).
     """
     started = time.perf_counter()
     # Most damage per multiply-add first: the prefix kept in float then costs the fewest FLOPs for
@@ -286,22 +321,49 @@ def search(candidates: list[Candidate], trial: Callable[[list[str]], float], tar
     total = sum(c.cost for c in ranked) or 1.0
     shares = np.cumsum([c.cost for c in ranked]) / total  # float share of MACs keeping the first k + 1
     most = int(np.searchsorted(shares, MAX_KEPT_FRACTION, side="right"))  # the most kept within the cap
-    if score(0) >= target:
-        best = 0
-    elif most == 0 or score(most) < target:
+    def fail() -> VariantFailed:
         share = shares[most - 1] if most else 0.0
-        raise VariantFailed(f"int8 search: keeping the {most} most sensitive of {len(ranked)} quantisable nodes "
-                            f"({share:.0%} of their multiply-adds) in float reaches min cosine "
-                            f"{scores.get(most, scores[0]):.6f} < target {target:.6f} (all quantised: "
-                            f"{scores[0]:.6f}); not worth an int8 file")
-    else:
-        low, best = 0, most  # score(low) < target <= score(best)
-        while best - low > 1:
-            mid = (low + best) // 2
-            if score(mid) >= target:
-                best = mid
+        return VariantFailed(f"int8 search: keeping the {most} most sensitive of {len(ranked)} quantisable nodes "
+                             f"({share:.0%} of their multiply-adds) in float reaches min cosine "
+                             f"{scores.get(most, scores[0]):.6f} < target {target:.6f} (all quantised: "
+                             f"{scores[0]:.6f}); not worth an int8 file")
+
+    def fewest(passes: Callable[[int], bool], low: int, high: int) -> int:
+        """Bisection: the smallest k in (low, high] with passes(k), given passes(high)."""
+        while high - low > 1:
+            mid = (low + high) // 2
+            if passes(mid):
+                high = mid
             else:
                 low = mid
+        return high
+
+    if score(0) >= target:
+        best = 0
+    elif most == 0:
+        raise fail()
+    elif simulate is not None:
+        simulated: dict[int, float] = {}
+
+        def predicted(k: int) -> float:
+            if k not in simulated:
+                simulated[k] = simulate({c.name for c in ranked[:k]})
+            return simulated[k]
+
+        guess = fewest(lambda k: predicted(k) >= target, 0, most) if predicted(most) >= target else most
+        result.simulated = {"kept_float": guess, "min_cosine": round(predicted(guess), 6),
+                            "calls": len(simulated)}
+        low, best = None, guess
+        while score(best) < target:  # the simulation was optimistic: more in float, until a build reaches
+            if best >= most:
+                raise fail()
+            low, best = best, min(most, max(best + 1, 2 * best))
+        if low is not None:  # real bisection between the last miss and the first build that reached
+            best = fewest(lambda k: score(k) >= target, low, best)
+    elif score(most) < target:
+        raise fail()
+    else:
+        best = fewest(lambda k: score(k) >= target, 0, most)  # score(0) < target <= score(most)
     result.kept_float = [c.name for c in ranked[:best]]
     result.reached = scores[best]
     result.float_share = float(shares[best - 1]) if best else 0.0
@@ -389,12 +451,20 @@ def _search_from(chosen: Path, known: float, trials: _Trials, op_types: tuple[st
     candidates = find_candidates(model, op_types)
     if not candidates:
         raise VariantFailed(f"{chosen.name} has no node the int8 quantiser takes")
+    simulate = None
     if known < trials.target:  # the ranking is only needed when something must stay in float
         trials.note(f"{trials.label}sensitivity of {len(candidates)} nodes, one at a time in int8")
-        measure_sensitivity(model, candidates, calibration, probes, op_types != DYNAMIC_OPS,
-                            trials.output.with_name(f".switched.{trials.output.name}"))
+        simulate = measure_sensitivity(model, candidates, calibration, probes, op_types != DYNAMIC_OPS,
+                                       trials.output.with_name(f".switched.{trials.output.name}"),
+                                       lambda line: trials.note(f"{trials.label}{line}"))
     del model
-    return search(candidates, lambda kept: trials(chosen, kept), trials.target, known={0: known})
+    result = search(candidates, lambda kept: trials(chosen, kept), trials.target, known={0: known},
+                    simulate=simulate)
+    if result.simulated:
+        trials.note(f"{trials.label}simulated: {result.simulated['kept_float']} kept in float reach "
+                    f"{result.simulated['min_cosine']:.6f} ({result.simulated['calls']} simulated calls); "
+                    f"{len(result.trials)} real builds")
+    return result
 
 
 def _race(files: list[Path], latency: Callable[[Path], float], rounds: int = RACE_ROUNDS) -> list[float]:
@@ -406,6 +476,55 @@ def _race(files: list[Path], latency: Callable[[Path], float], rounds: int = RAC
         for i in order:
             times[i].append(latency(files[i]))
     return [float(np.median(t)) for t in times]
+
+
+def quick(source: Path, output: Path, build: Build, score: Callable[[Path], float],
+          calibration: list[np.ndarray], probes: list[np.ndarray], gate: float, op_types: tuple[str, ...],
+          note: Callable[[str], None] | None = None) -> tuple[dict, SearchResult]:
+    """The search `--target` runs, for an export that takes minutes: each source (plain, outlier
+    channels split off, SmoothQuant) is built all quantised in that order until one reaches the
+    target; where none does, the one that came closest is searched alone (sensitivity, then the
+    bisection on the simulation, real builds only to confirm: `search`). No second search and no
+    race between two passing files: the split source is tried before SmoothQuant because, all
+    quantised or nearly, it keeps the fewest multiply-adds in float. Same target as the full
+    search (`accuracy_aware`); the caller scores on fewer rows, and the gate, on its own inputs,
+    judges the file afterwards as it judges every file."""
+    started = time.perf_counter()
+    target = target_for(gate)
+    note = note or (lambda line: None)
+    trials = _Trials(output, build, score, target, note)
+    labels = {"none": "", SPLIT: "outliers split off, ", str(SMOOTHING_ALPHA): "SmoothQuant, "}
+    full: dict[str, float] = {}
+    try:
+        prepared = _prepared(source, calibration, output)
+        sources = {"none": source, **{k: prepared[k][0] for k in (SPLIT, str(SMOOTHING_ALPHA)) if k in prepared}}
+        for label, path in sources.items():
+            trials.label = labels[label]
+            full[label] = trials(path, [])
+            if full[label] >= target:
+                break
+        choice = max(full, key=lambda k: (full[k], k == SPLIT))  # closest; a tie goes to the split source
+        trials.label = labels[choice]
+        if full[choice] >= target:
+            result = search(find_candidates(onnx.load(str(sources[choice]), load_external_data=False), op_types),
+                            lambda kept: trials(sources[choice], kept), target, known={0: full[choice]})
+        else:  # nothing passed yet, so nothing is on disk at `output`
+            result = _search_from(sources[choice], full[choice], trials, op_types, calibration, probes)
+    except BaseException:
+        for path in _with_weights(output):
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        trials.discard()
+        for leftover in [*output.parent.glob(f".prepared-*.{output.name.rsplit('.', 1)[0]}.onnx*"),
+                         *output.parent.glob(f".switched.{output.name}*")]:
+            leftover.unlink()
+    result.smoothquant = {"alpha": SMOOTHING_ALPHA, "norms_smoothed": prepared.get(str(SMOOTHING_ALPHA), (None, 0))[1],
+                          "used": choice == str(SMOOTHING_ALPHA), "all_quantised_min_cosine": full}
+    result.outlier_split = {"ratio": outlier_split.RATIO, "products_split": prepared.get(SPLIT, (None, 0))[1],
+                            "used": choice == SPLIT, "quick": True}
+    result.seconds = time.perf_counter() - started
+    return trials.best["report"], result
 
 
 def accuracy_aware(source: Path, output: Path, build: Build, score: Callable[[Path], float],

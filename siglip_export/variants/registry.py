@@ -24,7 +24,7 @@ from ..graph.openvino_rewrite import for_openvino
 from ..graph.torch_export import TowerSpec, ensure_batch_axis, save_model, set_metadata
 from ..options import ExportOptions
 from ..progress import Progress
-from ..quantize.int8_search import Build, accuracy_aware
+from ..quantize.int8_search import Build, accuracy_aware, quick
 from ..verify.gate import reference_provider
 from ..verify.samples import PHOTO_SUFFIXES, PHOTOS_DIR, tower_inputs, uint8_inputs
 
@@ -74,7 +74,12 @@ class TowerExport:
 # Random inputs the int8 search scores on besides the calibration inputs: the gate takes the worst
 # row, and a static int8 file's worst row on noise varies with the sample, so the search sees more.
 SEARCH_ROWS = 64
-PROBE_ROWS = 4  # of the calibration inputs and of the random ones, for the per-node sensitivity
+# With --target (ExportOptions.quick_search) the search scores on this many of them: a base-size
+# row costs ~0.3 s on 2 AVX2 cores, and the gate afterwards judges the file on its own inputs.
+QUICK_SEARCH_ROWS = 16
+QUICK_PROBE_ROWS = 1  # and its sensitivity pass probes one row of each (130 nodes on the split base model)
+PROBE_ROWS = 2  # of the calibration inputs and of the random ones, for the per-node sensitivity (a base-size
+# forward is ~0.3 s a row on 2 AVX2 cores, and the pass runs one per candidate node)
 RACE_ROWS = 8  # batch of the timed calls when two passing int8 files race (int8_search._race)
 # Random inputs calibrated on besides the images (or token sequences): the gate judges random
 # inputs too, and activation ranges calibrated on photos alone clip them. On the base-size
@@ -169,7 +174,10 @@ class VariantBuilder:
         calibration = self.calibration()
         # One call each: dynamic int8's ranges then cover a whole batch, the harder case.
         batches = [np.concatenate(calibration)] + [x for kind_, x in self._drawn_apart() if kind_ == "random"]
-        probes = [batches[0][:PROBE_ROWS], batches[1][:PROBE_ROWS]]  # the sensitivity pass runs once per node
+        if self.options.quick_search:  # --target: fewer search rows, one search (int8_search.quick)
+            batches[1:] = [x[:QUICK_SEARCH_ROWS] for x in batches[1:]]
+        rows = QUICK_PROBE_ROWS if self.options.quick_search else PROBE_ROWS
+        probes = [batches[0][:rows], batches[1][:rows]]  # the sensitivity pass runs once per node
         references = [self.tower.reference(x)["pooler_output"] for x in batches]
 
         def score(candidate: Path) -> float:  # through the runner users deploy, where the gate runs
@@ -190,8 +198,12 @@ class VariantBuilder:
         def note(line: str) -> None:  # a search takes minutes on the base model: say where it is
             self.progress.info(f"{'':9}{path.name} search: {line}")
 
-        report, search = accuracy_aware(source, path, build, score, calibration, probes,
-                                        self.options.gate_for(kind.variant).min_cosine, op_types, latency, note)
+        gate = self.options.gate_for(kind.variant).min_cosine
+        if self.options.quick_search:
+            report, search = quick(source, path, build, score, calibration, probes, gate, op_types, note)
+        else:
+            report, search = accuracy_aware(source, path, build, score, calibration, probes, gate, op_types, latency,
+                                            note)
         data_files = self.restamp(path, kind.variant) if kind.format == ONNX else []
         return Built(path, {**report, "search": search.record()}, data_files)
 
