@@ -103,6 +103,28 @@ def time_in_turns(exports: dict[str, Path], rounds: int, threads: int) -> dict[s
     return {name: {b: round(statistics.median(v), 2) for b, v in per.items()} for name, per in samples.items()}
 
 
+def render(report: dict) -> str:
+    """The Markdown report: the machine, a row per export, the ov-int8 speed ratio."""
+    machine, results, speed = report["machine"], report["exports"], report[f"{TIMED}_ms"]
+    isa = ", ".join(flag for flag, present in machine.get("isa", {}).items() if present)
+    lines = [f"machine: {machine.get('cpu_model')}, {machine.get('cores')} cores ({isa}); checkpoint "
+             f"{report['checkpoint']}", "",
+             f"| export | flags | wall | {TIMED} ms (batch 1 / 8) | {TIMED} pooler min cos (gate) | every gate |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, result in results.items():
+        ms = speed.get(name)
+        timed = next((g for g in result["gates"] if g["file"] == f"vision_model.{TIMED}.xml"), None)
+        rev = report["before_rev"] if name == "before" else "this checkout"
+        cosine = f"{timed['min_cosine']:.6f} ({timed['gate']})" if timed else "-"
+        lines.append(f"| {name} ({rev}) | `{' '.join(result['argv'][5:])}` | {result['wall_s'] / 60:.1f} min | "
+                     f"{f'{ms[1]:.1f} / {ms[8]:.1f}' if ms else 'not built'} | {cosine} | "
+                     f"{'passed' if all(g['passed'] for g in result['gates']) else 'FAILED'} |")
+    if len(speed) == 2:
+        lines += ["", f"{TIMED} after / before: {speed['after'][1] / speed['before'][1]:.2f}x time at batch 1, "
+                      f"{speed['after'][8] / speed['before'][8]:.2f}x at batch 8 (lower is faster)"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="benchmarks/export_time.py", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,10 +151,9 @@ def main(argv=None) -> int:
             try:
                 results = {"before": run_export(tree, args.checkpoint, work / "before", args.before_args),
                            "after": run_export(REPO, args.checkpoint, work / "after", args.after_args)}
-            finally:
-                if args.work is None:
-                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-                                   capture_output=True)
+            finally:  # the exports stay in --work; the checkout of the before revision does not
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                               capture_output=True)
             for name in results:
                 results[name]["gates"] = gates(work / name)
             present = {name: work / name for name in results if (work / name / f"vision_model.{TIMED}.xml").exists()}
@@ -143,19 +164,7 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    machine = report["machine"]
-    print(f"machine: {machine.get('cpu')}, {machine.get('cores')} cores; checkpoint {args.checkpoint}\n")
-    print(f"| export | flags | wall | {TIMED} ms (batch 1 / 8) | worst gate margin |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, result in results.items():
-        ms = speed.get(name)
-        margin = min((g["min_cosine"] - g["gate"] for g in result["gates"]), default=float("nan"))
-        rev = args.before if name == "before" else "this checkout"
-        print(f"| {name} ({rev}) | `{' '.join(result['argv'][5:])}` | {result['wall_s'] / 60:.1f} min | "
-              f"{f'{ms[1]:.1f} / {ms[8]:.1f}' if ms else 'not built'} | {margin:+.6f} |")
-    if len(speed) == 2:
-        print(f"\n{TIMED} after / before: {speed['after'][1] / speed['before'][1]:.2f}x time at batch 1, "
-              f"{speed['after'][8] / speed['before'][8]:.2f}x at batch 8 (lower is faster)")
+    print(render(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

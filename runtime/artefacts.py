@@ -281,10 +281,9 @@ def _runtimes_for(provider: str) -> tuple[str, ...]:
     """The runtimes `provider` means: "auto" is the GPU's where this machine runs CUDA, else the
     CPU's (ONNX Runtime's and OpenVINO's)."""
     if provider == "auto":
-        from .runners.environment import CUDA, import_onnxruntime, nvidia_driver_present
+        from .runners.environment import cuda_provider_here
 
-        gpu = nvidia_driver_present() and CUDA in import_onnxruntime().get_available_providers()
-        return GPU_RUNTIMES if gpu else CPU_RUNTIMES
+        return GPU_RUNTIMES if cuda_provider_here() else CPU_RUNTIMES
     return {"cpu": CPU_RUNTIMES, "openvino": ("openvino-cpu",), "cuda": ("onnxruntime-cuda",),
             "tensorrt": ("onnxruntime-tensorrt", "tensorrt")}.get(provider, ())
 

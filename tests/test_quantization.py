@@ -98,7 +98,8 @@ def test_int8_search_is_recorded(stressed):
         split = found["outlier_split"]
         assert set(split) >= {"ratio", "products_split", "used"} and not (split["used"] and found["smoothquant"]["used"])
         if split["used"]:  # published from the split source: it passed its own search
-            assert split["products_split"] > 0 and split["kept_float"] == len(found["kept_float"])
+            assert split["products_split"] > 0
+            assert split["kept_float"] + split["outlier_parts_in_float"] == len(found["kept_float"])
         if record.variant == "int8":  # what stayed in float is what the file has in float
             attention = sum(1 for n in found["kept_float"] if n.startswith("Attention"))
             assert record.build["quantized_ops"]["QAttention"] == tiny_config().vision_config.num_hidden_layers - attention
@@ -120,6 +121,23 @@ def test_search_finds_the_fewest_in_float():
         search(candidates, trial, target=0.999)
 
 
+def test_fixed_nodes_stay_in_float_in_every_trial_and_count_in_the_share():
+    candidates = [Candidate(f"n{i}", "MatMul", ["x"], "w", error=float(10 - i), cost=10.0) for i in range(4)]
+    fixed = [Candidate("p/outliers", "MatMul", ["x"], "w", cost=2.0)]
+    seen = []
+
+    def trial(kept):  # each searched node in float adds 0.006
+        seen.append(list(kept))
+        return 0.99 + 0.006 * (len(kept) - 1)
+
+    result = search(candidates, trial, target=0.995, fixed=fixed)
+    assert seen and all(k[0] == "p/outliers" for k in seen)
+    assert result.kept_float == ["p/outliers", "n0"] and result.float_share == pytest.approx(12 / 42)
+    assert result.record()["outlier_parts_in_float"] == 1
+    whole = search(candidates, lambda kept: 1.0, target=0.995, fixed=fixed)  # reaches with only the fixed in float
+    assert whole.kept_float == ["p/outliers"] and whole.float_share == pytest.approx(2 / 42)
+
+
 def test_a_simulated_search_builds_only_to_confirm():
     candidates = [Candidate(f"n{i}", "MatMul", ["x"], "w", error=float(10 - i)) for i in range(10)]
 
@@ -131,12 +149,17 @@ def test_a_simulated_search_builds_only_to_confirm():
     result = search(candidates, real, target=0.995, simulate=lambda kept: 0.985 + 0.002 * len(kept))
     assert result.kept_float == [f"n{i}" for i in range(5)] and tried == [0, 5]
     assert result.simulated["kept_float"] == 5 and result.record()["simulated"] == result.simulated
-    tried = []  # optimistic by two nodes: the build at 3 misses, the cap (5, half the MACs) reaches, 4 misses
+    tried = []  # optimistic by a constant (two nodes' worth): calibrated on the all-quantised build, one build
     result = search(candidates, real, target=0.995, simulate=lambda kept: 0.989 + 0.002 * len(kept))
-    assert result.kept_float == [f"n{i}" for i in range(5)] and tried == [0, 3, 5, 4]
-    tried = []  # pessimistic (4 nodes, so below the target at the cap): the build at the cap decides
+    assert result.kept_float == [f"n{i}" for i in range(5)] and tried == [0, 5]
+    assert result.simulated["offset"] == pytest.approx(0.004)
+    tried = []  # optimistic more with each node kept: the build at 4 misses, the cap (5, half the MACs) reaches
+    result = search(candidates, real, target=0.995, simulate=lambda kept: 0.985 + 0.003 * len(kept))
+    assert result.kept_float == [f"n{i}" for i in range(5)] and tried == [0, 4, 5]
+    assert result.simulated == {"kept_float": 4, "min_cosine": 0.997, "offset": 0.0, "calls": result.simulated["calls"]}
+    tried = []  # pessimistic (4 nodes, so below the target at the cap): it cannot tell, so build by build
     result = search(candidates, real, target=0.995, simulate=lambda kept: 0.977 + 0.002 * len(kept))
-    assert len(result.kept_float) == 5 and tried == [0, 5]
+    assert len(result.kept_float) == 5 and tried == [0, 5, 2, 3, 4] and result.simulated["kept_float"] is None
     with pytest.raises(VariantFailed, match="not worth an int8 file"):  # the real build at the cap decides
         search(candidates, real, target=0.999, simulate=lambda kept: 1.0)
 
@@ -148,6 +171,29 @@ def outliers_onnx(tmp_path_factory):
     ckpt = write_stress_checkpoint(base / "ckpt", tiny_vision_config(), "outliers")
     run_export(ExportOptions(checkpoint=ckpt, output_dir=base / "o", verify_batch_sizes=(2,)), emit=None)
     return base / "o" / "vision_model.onnx"
+
+
+def test_the_simulation_scores_where_the_builds_are_scored(outliers_onnx, tmp_path):
+    """The sensitivity pass probes a row or two per node; the simulator it returns scores on the
+    inputs real builds are scored on (`checks`: input, reference), not on the probes."""
+    from siglip_export.quantize.int8_search import _candidates, measure_sensitivity
+
+    model = onnx.load(str(outliers_onnx))
+    rng = np.random.default_rng(0)
+    calibration = [rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(2)]
+    probe, checked = calibration[0], rng.uniform(-1, 1, (5, 3, 32, 32)).astype(np.float32)
+    candidates, fixed = _candidates(model, ("MatMul", "Gemm"), probe)
+    assert candidates and not fixed  # the plain source: nothing split off
+    reference = OnnxModel(outliers_onnx).run(checked)["pooler_output"]
+    everything = {c.name for c in candidates}
+    simulate = measure_sensitivity(model, candidates, calibration, [probe], True, tmp_path / "sw.onnx",
+                                   checks=[(checked, reference)])
+    assert all(c.error >= 0 for c in candidates) and any(c.error > 0 for c in candidates)
+    assert simulate(everything) == pytest.approx(1.0, abs=1e-5)  # all in float: the float model
+    assert simulate(set()) < simulate(everything)  # all in simulated int8
+    against = measure_sensitivity(model, candidates, calibration, [probe], True, tmp_path / "sw2.onnx",
+                                  checks=[(checked, -reference)])  # a reference the probes never see
+    assert against(everything) == pytest.approx(-1.0, abs=1e-5)
 
 
 def test_smoothquant_keeps_the_float_model(outliers_onnx, tmp_path):
@@ -312,11 +358,15 @@ def test_split_source_races_the_plain_search(outliers_onnx, tmp_path, faster, mo
     assert any(line.startswith("0 kept in float: min cosine 0.990000 (misses 0.9950") for line in lines)
     assert any(line.startswith("outliers split off, 0 kept in float: min cosine 1.000000 (reaches") for line in lines)
     assert any(line.startswith("sensitivity of ") for line in lines) and any(line.startswith("racing") for line in lines)
-    assert record["products_split"] > 0 and record["kept_float"] == 0 and record["float_share_of_macs"] == 0
+    # none searched into float: only the split-off outlier products, always in float, a sliver of the work
+    assert record["products_split"] > 0 and record["kept_float"] == 0
+    assert record["outlier_parts_in_float"] == record["products_split"] and 0 < record["float_share_of_macs"] < 0.1
     assert set(record["ms_per_call"]) == {"without", "split"}
     assert record["used"] == (faster == "split") and is_split(out) == (faster == "split")
     if faster == "split":
-        assert result.kept_float == [] and report == {"kept": 0}
+        parts = record["products_split"]  # in float: the outlier products alone
+        assert len(result.kept_float) == parts and all(n.endswith("/outliers") for n in result.kept_float)
+        assert report == {"kept": parts}
         unsplit = record["unsplit"]  # the search it replaced stays on record
         assert unsplit["kept_float"] == 2 and unsplit["trials"][-1]["kept_float"] in (1, 2)
         assert len(searched) == len(all_quantised) + len(unsplit["trials"]) + len(record["trials"])
@@ -443,11 +493,12 @@ def test_the_quick_search_tries_each_source_whole_then_searches_the_closest(outl
 
     def build(source: Path, out: Path, kept: list[str]) -> dict:
         shutil.copy(source, out)
-        built[out] = (is_split(source), len(kept))
-        builds.append(built[out])
+        parts = sum(1 for k in kept if outlier_split.is_part(k))  # always in float in a split source
+        built[out] = (is_split(source), len(kept) - parts)
+        builds.append((*built[out], parts))
         return {"kept": len(kept), "split": is_split(source)}
 
-    def score(path: Path) -> float:
+    def score(path: Path) -> float:  # by the nodes searched into float
         split, kept = built[path]
         if case == "split passes whole":
             return 1.0 if split else 0.9
@@ -463,10 +514,13 @@ def test_the_quick_search_tries_each_source_whole_then_searches_the_closest(outl
     assert record["outlier_split"]["used"] and record["outlier_split"]["quick"] and is_split(out) and report["split"]
     whole = record["smoothquant"]["all_quantised_min_cosine"]
     if case == "split passes whole":  # plain first, then split, which passes: nothing else built
-        assert list(whole) == ["none", "split"] and result.kept_float == [] and builds == [(False, 0), (True, 0)]
+        parts = record["outlier_split"]["products_split"]  # the outlier products, in float in every split build
+        assert list(whole) == ["none", "split"] and builds == [(False, 0, 0), (True, 0, parts)] and parts > 0
+        assert len(result.kept_float) == parts and record["outlier_parts_in_float"] == parts
         assert not any("sensitivity" in line for line in lines)
     else:
-        assert list(whole) == ["none", "split", "0.5"] and len(result.kept_float) >= 1
+        assert list(whole) == ["none", "split"] and len(result.kept_float) >= 1  # SmoothQuant: not beside a split
         assert result.reached >= result.target and any(line.startswith("outliers split off, sensitivity") for line in lines)
         assert record["simulated"]["calls"] >= 1 and len(result.trials) >= 1
+        assert all(b[2] > 0 for b in builds if b[0]) and not any(b[2] for b in builds if not b[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no scratch left behind

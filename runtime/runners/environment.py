@@ -51,6 +51,12 @@ def nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
 
 
+def cuda_provider_here() -> bool:
+    """Whether this machine runs ONNX Runtime's CUDA provider (an NVIDIA driver and onnxruntime-gpu):
+    what `auto` means a GPU, for the export's --target and the runtime's default alike."""
+    return nvidia_driver_present() and CUDA in import_onnxruntime().get_available_providers()
+
+
 TENSORRT_LIBRARIES = ("libnvinfer.so.10", "nvinfer_10.dll")  # what ORT's TensorRT provider loads
 
 
@@ -137,6 +143,6 @@ def has_int8_dot_product() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags) or platform.machine().lower() in ("arm64", "aarch64")
 
 
-__all__ = ["CPU", "CUDA", "ISA_FLAGS", "ORT_PROVIDERS", "TENSORRT", "TENSORRT_LIBRARIES", "cpu_identity", "gpu_name",
-           "has_int8_dot_product", "import_onnxruntime", "nvidia_driver_present", "tensorrt_libraries_present",
-           "tensorrt_version", "usable_cores"]
+__all__ = ["CPU", "CUDA", "ISA_FLAGS", "ORT_PROVIDERS", "TENSORRT", "TENSORRT_LIBRARIES", "cpu_identity",
+           "cuda_provider_here", "gpu_name", "has_int8_dot_product", "import_onnxruntime", "nvidia_driver_present",
+           "tensorrt_libraries_present", "tensorrt_version", "usable_cores"]

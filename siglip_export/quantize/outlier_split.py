@@ -47,6 +47,11 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return found
 
 
+def is_part(node_name: str) -> bool:
+    """Whether a node is the outlier channels' part of a split product (what `split` adds)."""
+    return node_name.endswith(SUFFIX)
+
+
 def activations(model: onnx.ModelProto) -> list[str]:
     """The tensors `split` needs per-channel statistics of."""
     return sorted(_readers(model))

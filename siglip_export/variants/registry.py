@@ -199,11 +199,12 @@ class VariantBuilder:
             self.progress.info(f"{'':9}{path.name} search: {line}")
 
         gate = self.options.gate_for(kind.variant).min_cosine
+        checks = list(zip(batches, references))  # the simulation scores where the builds are scored
         if self.options.quick_search:
-            report, search = quick(source, path, build, score, calibration, probes, gate, op_types, note)
+            report, search = quick(source, path, build, score, calibration, probes, gate, op_types, note, checks)
         else:
             report, search = accuracy_aware(source, path, build, score, calibration, probes, gate, op_types, latency,
-                                            note)
+                                            note, checks)
         data_files = self.restamp(path, kind.variant) if kind.format == ONNX else []
         return Built(path, {**report, "search": search.record()}, data_files)
 

@@ -11,11 +11,13 @@ Why these: on a CPU, OpenVINO's int8 (`ov-int8`) is the fast file, `ov-bf16` whe
 bf16 (skipped, with the reason, where it has not) and `opt` is ONNX Runtime's fastest fp32.
 ONNX Runtime's dynamic `int8` is left out: it lost to `ov-int8` on every CPU measured (2-core
 Intel Xeon with AMX: 2.45x-3.0x the plain file against ov-int8's 3.1x-7.4x, docs/benchmarks.md;
-2-core AMD EPYC without AVX-512: 2.98x / 2.55x at batch 1 / 8 against 3.41x / 3.69x, as reported
+2-core AMD EPYC (no AMX): 2.98x / 2.55x at batch 1 / 8 against 3.41x / 3.69x, as reported
 with the request for --target, not rerun), and its accuracy-aware search would double the
-export's time. Where no int8 file is faster (the race on a 2-core AMD EPYC found the base-size
-stress checkpoint's ov-int8 slower than the plain file), the race picks the plain file. A host that runs ONNX Runtime alone
-gets `opt`; add `--variants int8` to race ONNX Runtime's int8 as well. `int8-qdq` is for runtimes
+export's time. Where no int8 file is faster (the race on a 2-core AVX2-only AMD EPYC, Zen 3,
+found the base-size stress checkpoint's ov-int8 slower than the plain file; on one with AVX-512
+VNNI and BF16 it ran 3.0x / 4.3x as fast as the plain file in ONNX Runtime at batch 1 / 8 in the
+export's race, docs/benchmarks.md), the race picks the plain file. A host that runs ONNX Runtime
+alone gets `opt`; add `--variants int8` to race ONNX Runtime's int8 as well. `int8-qdq` is for runtimes
 other than ONNX Runtime's CPU provider. On an NVIDIA GPU, the rule where no race can run is
 `cuda-fp16` for the image tower (ONNX Runtime's GPU fusions then its fp16 conversion, the recipe
 measured fastest for the CUDA provider on an H200) and `fp16` for the text tower (`cuda-fp16` is
@@ -50,10 +52,10 @@ CHOICES = ("auto", *TARGETS)
 
 
 def gpu_here() -> bool:
-    """Whether this machine runs ONNX Runtime's CUDA provider (an NVIDIA driver and onnxruntime-gpu)."""
-    from runtime.runners.environment import CUDA, import_onnxruntime, nvidia_driver_present
+    """Whether this machine runs ONNX Runtime's CUDA provider (`cuda_provider_here`, as the runtime asks)."""
+    from runtime.runners.environment import cuda_provider_here
 
-    return nvidia_driver_present() and CUDA in import_onnxruntime().get_available_providers()
+    return cuda_provider_here()
 
 
 def resolve(name: str) -> Target:
