@@ -9,11 +9,15 @@
 
 Why these: on a CPU, OpenVINO's int8 (`ov-int8`) is the fast file, `ov-bf16` where the CPU has
 bf16 (skipped, with the reason, where it has not) and `opt` is ONNX Runtime's fastest fp32.
-ONNX Runtime's dynamic `int8` is left out: it lost to `ov-int8` on every CPU measured (2-core
-Intel Xeon with AMX: 2.45x-3.0x the plain file against ov-int8's 3.1x-7.4x, docs/benchmarks.md;
-2-core AMD EPYC (no AMX): 2.98x / 2.55x at batch 1 / 8 against 3.41x / 3.69x, as reported
-with the request for --target, not rerun), and its accuracy-aware search would double the
-export's time. Where no int8 file is faster (the race on a 2-core AVX2-only AMD EPYC, Zen 3,
+ONNX Runtime's dynamic `int8` is left out: it lost to `ov-int8` on every CPU measured but at
+batch 1 on one (2-core Intel Xeon with AMX: 2.45x-3.0x the plain file against ov-int8's
+3.1x-7.4x, docs/benchmarks.md; 2-core AMD EPYC (no AMX): 2.98x / 2.55x at batch 1 / 8 against
+3.41x / 3.69x, as reported with the request for --target; 2-core AMD EPYC with AVX-512 VNNI /
+BF16, base-size `outliers` stress checkpoint, both from the full search: 47.4 / 360.3 ms against
+ov-int8's 50.1 / 243.4, `python benchmarks/run.py --quick --artefacts DIR --backends ort-cpu
+openvino-default --variants plain,int8,ov-int8 --rounds 2`), and its accuracy-aware search
+(145 s there, the full search; the whole `--target cpu` export took 200 s) would nearly double
+the export's time. Where no int8 file is faster (the race on a 2-core AVX2-only AMD EPYC, Zen 3,
 found the base-size stress checkpoint's ov-int8 slower than the plain file; on one with AVX-512
 VNNI and BF16 it ran 3.0x / 4.3x as fast as the plain file in ONNX Runtime at batch 1 / 8 in the
 export's race, docs/benchmarks.md), the race picks the plain file. A host that runs ONNX Runtime
