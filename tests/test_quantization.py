@@ -27,7 +27,8 @@ from siglip_export.graph.build_errors import VariantFailed
 from siglip_export.graph.openvino_rewrite import for_openvino, unflatten_products, unpack_products
 from siglip_export.pipeline import ExportOptions, run_export
 from siglip_export.quantize import outlier_split
-from siglip_export.quantize.int8_search import Candidate, search, target_for
+from siglip_export.quantize.int8_search import search, target_for
+from siglip_export.quantize.sensitivity import Candidate
 from siglip_export.quantize.smoothquant import norm_outputs, smooth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,8 @@ def outliers_onnx(tmp_path_factory):
 def test_the_simulation_scores_where_the_builds_are_scored(outliers_onnx, tmp_path):
     """The sensitivity pass probes a row or two per node; the simulator it returns scores on the
     inputs real builds are scored on (`checks`: input, reference), not on the probes."""
-    from siglip_export.quantize.int8_search import _candidates, measure_sensitivity
+    from siglip_export.quantize.int8_search import _candidates
+    from siglip_export.quantize.sensitivity import measure_sensitivity
 
     model = onnx.load(str(outliers_onnx))
     rng = np.random.default_rng(0)
@@ -211,7 +213,7 @@ def test_smoothquant_keeps_the_float_model(outliers_onnx, tmp_path):
 
 
 def _channel_peaks(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    from siglip_export.quantize.int8_search import _Recorder
+    from siglip_export.quantize.sensitivity import _Recorder
 
     return {n: np.abs(v).reshape(-1, v.shape[-1]).max(axis=0) for n, v in _Recorder(onnx.load(str(path)), names)(x).items()}
 
