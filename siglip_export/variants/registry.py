@@ -77,7 +77,7 @@ SEARCH_ROWS = 64
 # With --target (ExportOptions.quick_search) the search scores on this many of them: a base-size
 # row costs ~0.3 s on 2 AVX2 cores, and the gate afterwards judges the file on its own inputs.
 QUICK_SEARCH_ROWS = 16
-QUICK_PROBE_ROWS = 1  # and its sensitivity pass probes one row of each (130 nodes on the split base model)
+QUICK_PROBE_ROWS = 1  # and its sensitivity pass probes one row of each (79 nodes on the split base model)
 PROBE_ROWS = 2  # of the calibration inputs and of the random ones, for the per-node sensitivity (a base-size
 # forward is ~0.3 s a row on 2 AVX2 cores, and the pass runs one per candidate node)
 RACE_ROWS = 8  # batch of the timed calls when two passing int8 files race (int8_search._race)
