@@ -31,8 +31,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/export_time.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-
 from benchmarks.machine import CpuContention, machine_info, usable_cores  # noqa: E402
 from runtime.cli_support import ArgumentParser, positive_int  # noqa: E402
 from runtime.contract.manifest import Manifest  # noqa: E402
@@ -79,28 +77,19 @@ def gates(output: Path) -> list[dict]:
 
 
 def time_in_turns(exports: dict[str, Path], rounds: int, threads: int) -> dict[str, dict[int, float]]:
-    """p50 ms per call of each export's ov-int8 file at batch 1 and 8, loaded as the runtime loads
-    it, the files taking turns round by round."""
-    from runtime import Artefacts
+    """p50 ms per call of each export's ov-int8 file at batch 1 and 8 in OpenVINO, the files taking
+    turns round by round: the race `--target` runs (siglip_export.variants.race), on these files."""
+    from siglip_export.progress import Progress
+    from siglip_export.variants.race import Candidate, provider_for, race, race_inputs
 
-    rng = np.random.default_rng(0)
-    models = {name: Artefacts(path).open("vision", TIMED, threads=threads) for name, path in exports.items()}
-    shape = Artefacts(next(iter(exports.values()))).record("vision", TIMED).inputs[0].shape
-    x8 = rng.uniform(-1, 1, (8, *shape[1:])).astype(np.float32)
-    inputs = {1: x8[:1], 8: x8}
-    samples = {name: {b: [] for b in inputs} for name in models}
-    for model in models.values():
-        for x in inputs.values():
-            model.run(x)
-    for r in range(rounds):
-        for name in list(models)[:: 1 if r % 2 == 0 else -1]:
-            for b, x in inputs.items():
-                for _ in range(3 if b == 1 else 1):
-                    started = time.perf_counter()
-                    models[name].run(x, outputs=("pooler_output",))
-                    samples[name][b].append((time.perf_counter() - started) * 1e3)
-        log(f"  timing round {r + 1}/{rounds}")
-    return {name: {b: round(statistics.median(v), 2) for b, v in per.items()} for name, per in samples.items()}
+    entrants = {}
+    for name, path in exports.items():
+        record = Manifest.read(path).find("vision", TIMED)
+        entrants[name] = Candidate(record, "openvino-cpu", provider_for(record.kind, "openvino-cpu"), path / record.file)
+    inputs = race_inputs("vision", record.inputs[0].shape, None, seed=0)
+    race(TIMED, list(entrants.values()), inputs, threads, Progress(log), rounds=rounds)
+    return {name: {b: round(statistics.median(v), 2) for b, v in entrant.samples.items()}
+            for name, entrant in entrants.items() if entrant.samples}
 
 
 def render(report: dict) -> str:
